@@ -1,0 +1,64 @@
+"""The ingest API, the same on the TCP port and on the Unix socket.
+
+``POST /events`` answers 202 only once the events and their deliveries are on disk; anything it
+rejects is rejected whole, with a JSON body that names each problem, and nothing of it journaled.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from relay import events
+from relay.http_server import HTTPRequest
+from relay.journal import JournalError
+from relay.model import Delivery, Event
+
+if TYPE_CHECKING:
+    from relay.daemon import Relay
+
+
+class Api:
+    def __init__(self, relay: Relay):
+        self.relay = relay
+
+    async def __call__(self, request: HTTPRequest) -> tuple[int, dict]:
+        if request.path == "/events":
+            if request.method != "POST":
+                return 405, {"error": "use POST /events"}
+            return await self.accept(request)
+        if request.path == "/healthz":
+            if request.method != "GET":
+                return 405, {"error": "use GET /healthz"}
+            return 200, self.relay.status()
+        return 404, {"error": f"no such endpoint: {request.path}"}
+
+    async def accept(self, request: HTTPRequest) -> tuple[int, dict]:
+        content_type = request.headers.get("content-type", "")
+        if content_type.split(";", 1)[0].strip().lower() != "application/json":
+            return 415, {
+                "error": "Content-Type must be application/json",
+                "problems": [{"field": "Content-Type", "reason": f"got {content_type!r}"}],
+            }
+        relay = self.relay
+        config, router = relay.config, relay.router  # one consistent view, even across a reload
+        try:
+            incoming = events.parse(request.body, config)
+        except events.InvalidEvents as e:
+            return e.status, e.as_json()
+
+        now = relay.clock.now()
+        accepted: list[Event] = []
+        deliveries: list[Delivery] = []
+        for item in incoming:
+            event = Event(id=events.new_id(), name=item.name, body=item.body, received_at=now)
+            accepted.append(event)
+            deliveries.extend(
+                Delivery(id=events.new_id(), webhook_id=webhook_id, event=event)
+                for webhook_id in router.route(item.name, item.webhook_id)
+            )
+        try:
+            await relay.journal.append(accepted, deliveries, now)
+        except JournalError as e:
+            return 503, {"error": f"journal unavailable, nothing was accepted: {e}"}
+        await relay.dispatcher.submit(deliveries)
+        return 202, {"ids": [e.id for e in accepted]}

@@ -1,0 +1,343 @@
+"""relay.toml, read once into frozen attrs classes.
+
+Every mistake in the file becomes one line that names the file, the table and the key
+(``relay.toml: webhooks[1].url: ...``), so a person can fix it without reading a traceback.
+Values of secrets never appear in those lines.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import attrs
+import cattrs
+from attrs import field, frozen
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+PLACEHOLDER_OPEN = "@{{"
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; ``errors`` holds one actionable line per problem."""
+
+    def __init__(self, errors: list[str]):
+        self.errors = errors
+        super().__init__("\n".join(errors))
+
+
+class FieldError(ValueError):
+    """A validator's complaint about one field; attrs reports it against the whole class."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(message)
+
+
+def _validator(check):
+    """Wrap ``check(value) -> message or None`` so its message lands on ``table.field``."""
+
+    @functools.wraps(check)
+    def validate(instance, attribute, value):
+        if value is not None and (message := check(value)):
+            raise FieldError(attribute.name, message)
+
+    return validate
+
+
+@_validator
+def _positive(value):
+    if not value > 0:
+        return f"must be greater than 0, got {value!r}"
+
+
+@_validator
+def _at_least_one(value):
+    if value < 1:
+        return f"must be at least 1, got {value!r}"
+
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+
+
+@_validator
+def _webhook_id(value):
+    if not _ID.match(value):
+        return "must be 1-128 letters, digits or '_.:-', starting with a letter or digit"
+
+
+@_validator
+def _url(value):
+    """Static scheme, host and port: no event can redirect a request to another host."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as e:
+        return f"not a valid URL ({e})"
+    if parts.scheme not in ("http", "https"):
+        return "must start with http:// or https://"
+    if PLACEHOLDER_OPEN in parts.netloc or PLACEHOLDER_OPEN in parts.scheme:
+        return "placeholders may not appear in the scheme, host or port"
+    if not parts.hostname:
+        return "has no host"
+
+
+@_validator
+def _listen(value):
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        return "must be HOST:PORT, e.g. 127.0.0.1:8765"
+
+
+@_validator
+def _jitter(value):
+    if not 0 <= value <= 1:
+        return f"must be a fraction between 0 and 1, got {value!r}"
+
+
+@frozen
+class Backoff:
+    """Delay after failed attempt n: ``min(first * factor ** (n - 1), max)``, seconds."""
+
+    first: float = field(default=10.0, validator=_positive)
+    factor: float = field(default=10.0, validator=_positive)
+    max: float = field(default=100000.0, validator=_positive)
+    jitter: float = field(default=0.0, validator=_jitter)
+
+    def delay(self, failed_attempt: int) -> float:
+        return min(self.first * self.factor ** (failed_attempt - 1), self.max)
+
+
+@frozen
+class Defaults:
+    """Delivery settings every webhook inherits unless it sets its own."""
+
+    timeout: float = field(default=3.0, validator=_positive)
+    tries: int = field(default=3, validator=_at_least_one)
+    backoff: Backoff = Backoff()
+    concurrency: int = field(default=16, validator=_at_least_one)
+    signer: str = "signature"
+    transport: str = "http"
+    retry: str = "exponential"
+
+
+@frozen
+class Webhook:
+    """One destination. Unset delivery keys come from ``[defaults]``."""
+
+    id: str = field(validator=_webhook_id)
+    url: str = field(validator=_url)
+    events: tuple[str, ...] = ("*",)
+    name: str | None = None
+    secret: str | None = field(default=None, repr=False)
+    timeout: float = field(default=3.0, validator=_positive)
+    tries: int = field(default=3, validator=_at_least_one)
+    backoff: Backoff = Backoff()
+    concurrency: int = field(default=16, validator=_at_least_one)
+    signer: str = "signature"
+    transport: str = "http"
+    retry: str = "exponential"
+
+    @property
+    def signing_key(self) -> bytes:
+        """The seed signs "with webhook id as secret" when no secret is configured."""
+        return (self.secret if self.secret is not None else self.id).encode()
+
+
+@frozen
+class RelaySettings:
+    listen: str | None = field(default=None, validator=_listen)
+    socket: Path | None = None
+    state_dir: Path = Path("var")
+    plugins: tuple[str, ...] = ()
+    plugins_dir: Path | None = None
+    max_body: int = field(default=1024 * 1024, validator=_at_least_one)
+    grace: float = field(default=10.0, validator=_positive)
+    queue: int = field(default=1024, validator=_at_least_one)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+@frozen
+class Config:
+    path: Path
+    relay: RelaySettings
+    defaults: Defaults
+    webhooks: tuple[Webhook, ...]
+
+    def webhook(self, webhook_id: str) -> Webhook | None:
+        return self._by_id.get(webhook_id)
+
+    @functools.cached_property
+    def _by_id(self) -> dict[str, Webhook]:
+        return {w.id: w for w in self.webhooks}
+
+
+@functools.cache
+def converter() -> cattrs.Converter:
+    c = cattrs.Converter(forbid_extra_keys=True)
+    c.register_structure_hook(Path, lambda v, _: Path(_expect(v, str)))
+    # Plain `str` accepts any value by default (str(3) == "3"): a number where a name belongs is
+    # almost always a mistake in the file, so say so.
+    c.register_structure_hook(str, lambda v, _: _expect(v, str))
+    c.register_structure_hook(float, lambda v, _: float(_expect(v, (int, float))))
+    c.register_structure_hook(int, lambda v, _: _expect(v, int))
+    return c
+
+
+def _expect(value, types):
+    if isinstance(value, bool) or not isinstance(value, types):
+        names = (
+            types.__name__ if isinstance(types, type) else " or ".join(t.__name__ for t in types)
+        )
+        raise TypeError(f"expected {_toml_type(names)}, got {_describe(value)}")
+    return value
+
+
+def _toml_type(name: str) -> str:
+    return {"str": "a string", "int": "an integer", "int or float": "a number"}.get(name, name)
+
+
+def _describe(value) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, Mapping):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return type(value).__name__
+
+
+def _format_errors(exc: Exception, prefix: str) -> list[str]:
+    """cattrs' ``$.webhooks[0].url`` paths become ``webhooks[0].url``."""
+    lines = []
+    for line in cattrs.transform_error(exc, path=prefix, format_exception=_format_exception):
+        message, _, path = line.rpartition(" @ ")
+        path = path.removeprefix("$.")
+        if message.startswith(_FIELD_MARK):
+            field_name, _, message = message[1:].partition(_FIELD_MARK)
+            path = f"{path}.{field_name}"
+        lines.append(f"{path}: {message}")
+    return lines
+
+
+_FIELD_MARK = "\0"
+
+
+def _format_exception(exc: BaseException, type_) -> str:
+    if isinstance(exc, FieldError):
+        return f"{_FIELD_MARK}{exc.field}{_FIELD_MARK}{exc}"
+    if isinstance(exc, KeyError):
+        return "required key is missing"
+    if isinstance(exc, cattrs.ForbiddenExtraKeysError):
+        return f"unknown keys: {', '.join(sorted(exc.extra_fields))}"
+    if isinstance(exc, (TypeError, ValueError)) and str(exc):
+        return str(exc)
+    return cattrs.v.format_exception(exc, type_)
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate ``path``; raise ConfigError listing every problem found."""
+    path = Path(path).absolute()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError([f"{path.name}: cannot read: {e.strerror}"]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"{path.name}: not valid TOML: {e}"]) from None
+    return parse(data, path)
+
+
+def parse(data: Mapping[str, Any], path: Path) -> Config:
+    name = path.name
+    errors: list[str] = []
+
+    def structure(value, cls, where):
+        try:
+            return converter().structure(value, cls)
+        except Exception as e:  # noqa: BLE001 - every failure becomes a message
+            errors.extend(f"{name}: {line}" for line in _format_errors(e, f"$.{where}"))
+            return None
+
+    unknown = set(data) - {"relay", "defaults", "webhooks"}
+    if unknown:
+        errors.append(f"{name}: unknown tables or keys: {', '.join(sorted(unknown))}")
+
+    relay = structure(_table(data, "relay", errors, name), RelaySettings, "relay")
+    defaults_table = _table(data, "defaults", errors, name)
+    defaults = structure(defaults_table, Defaults, "defaults")
+
+    raw_webhooks = data.get("webhooks", [])
+    if not isinstance(raw_webhooks, list):
+        errors.append(f"{name}: webhooks: expected an array of tables ([[webhooks]])")
+        raw_webhooks = []
+    webhooks = []
+    seen: dict[str, int] = {}
+    for i, raw in enumerate(raw_webhooks):
+        if not isinstance(raw, Mapping):
+            errors.append(f"{name}: webhooks[{i}]: expected a table")
+            continue
+        inherited = _inherited(defaults_table) if defaults is not None else {}
+        merged = {**inherited, **raw}
+        if isinstance(raw.get("backoff"), Mapping) and isinstance(
+            inherited.get("backoff"), Mapping
+        ):
+            merged["backoff"] = {**inherited["backoff"], **raw["backoff"]}
+        webhook = structure(merged, Webhook, f"webhooks[{i}]")
+        if webhook is None:
+            continue
+        if webhook.id in seen:
+            errors.append(
+                f"{name}: webhooks[{i}].id: duplicate id {webhook.id!r} "
+                f"(first used by webhooks[{seen[webhook.id]}])"
+            )
+            continue
+        seen[webhook.id] = i
+        webhooks.append(webhook)
+
+    if errors:
+        raise ConfigError(errors)
+    base = path.parent
+    relay = attrs.evolve(
+        relay,
+        socket=_resolve(base, relay.socket),
+        state_dir=_resolve(base, relay.state_dir),
+        plugins_dir=_resolve(base, relay.plugins_dir)
+        if relay.plugins_dir is not None
+        else base / "plugins",
+    )
+    return Config(path=path, relay=relay, defaults=defaults, webhooks=tuple(webhooks))
+
+
+def _table(data, key, errors, name) -> dict:
+    value = data.get(key, {})
+    if not isinstance(value, Mapping):
+        errors.append(f"{name}: {key}: expected a table ([{key}])")
+        return {}
+    return dict(value)
+
+
+def _inherited(defaults_table: Mapping) -> dict:
+    """Only keys valid in [defaults] reach the webhooks; its own errors are reported once there."""
+    fields = {a.name for a in attrs.fields(Defaults)}
+    return {k: v for k, v in defaults_table.items() if k in fields}
+
+
+def _resolve(base: Path, value: Path | None) -> Path | None:
+    if value is None:
+        return None
+    return value if value.is_absolute() else base / value

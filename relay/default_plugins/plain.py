@@ -1,0 +1,11 @@
+"""Plain webhooks: POST the event JSON as it came in."""
+
+from relay.hookspecs import hookimpl
+from relay.model import Request
+
+JSON = (("Content-Type", "application/json"),)
+
+
+@hookimpl(trylast=True)
+def render_request(webhook, delivery):
+    return Request(method="POST", url=webhook.url, headers=JSON, body=delivery.event.body)

@@ -1,0 +1,216 @@
+"""Getting deliveries attempted: a lane per webhook, and a scheduler that wakes sleeping ones.
+
+Each webhook has its own lane: a bounded queue and at most ``concurrency`` attempts in flight,
+each attempt a task in the lane's nursery. A webhook that hangs fills its own lane and nothing
+else; memory holds at most ``queue + concurrency`` deliveries per webhook, however large the
+backlog, because whatever finds no room stays asleep in the journal.
+
+Fresh deliveries go from ingest straight into their lane (no journal round trip). Failed
+attempts go to sleep in the journal until their retry is due; the scheduler claims due ones as
+lanes have room.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable
+
+import attrs
+import pluggy
+import trio
+
+from relay.attempt import attempt
+from relay.clock import Clock
+from relay.config import Config, Webhook
+from relay.journal import Journal
+from relay.model import Delivery
+from relay.plugins import Components
+
+log = logging.getLogger(__name__)
+
+
+class Lane:
+    """The deliveries of one webhook that memory holds: queued, or being attempted."""
+
+    def __init__(self, webhook: Webhook, queue: int):
+        self.webhook = webhook
+        self.queue = queue
+        self._send, self._receive = trio.open_memory_channel(queue)
+        self.limiter = trio.CapacityLimiter(webhook.concurrency)
+        # True when a delivery found no room: the scheduler must look in the journal again
+        # once this lane has drained.
+        self.overflowed = False
+        self.intake = trio.CancelScope()
+
+    def room(self) -> int:
+        return self.queue - self._send.statistics().current_buffer_used
+
+    def offer(self, deliveries: Iterable[Delivery]) -> list[Delivery]:
+        """Queue what fits; return the rest."""
+        rest = []
+        for delivery in deliveries:
+            try:
+                self._send.send_nowait(delivery)
+            except trio.WouldBlock:
+                rest.append(delivery)
+        if rest:
+            self.overflowed = True
+        return rest
+
+    async def run(self, dispatcher: Dispatcher) -> None:
+        async with trio.open_nursery() as nursery:
+            with self.intake:  # cancelled to stop starting attempts; started ones go on
+                async for delivery in self._receive:
+                    await self.limiter.acquire_on_behalf_of(delivery)
+                    nursery.start_soon(self._deliver, dispatcher, delivery)
+                    if self.overflowed and self.room() > self.queue // 2:
+                        self.overflowed = False
+                        dispatcher.scheduler.wake()
+
+    async def _deliver(self, dispatcher: Dispatcher, delivery: Delivery) -> None:
+        try:
+            await dispatcher.deliver(self.webhook, delivery)
+        finally:
+            self.limiter.release_on_behalf_of(delivery)
+
+
+class Scheduler:
+    """Claims deliveries from the journal when they are due and their lane has room."""
+
+    def __init__(self, journal: Journal, clock: Clock, lanes: dict[str, Lane]):
+        self.journal = journal
+        self.clock = clock
+        self.lanes = lanes
+        self._wake = trio.Event()
+        self._sleeping_until = math.inf
+
+    def wake(self, due: float = -math.inf) -> None:
+        """Something is due at ``due`` (default: now, e.g. a lane drained): look again if that
+        is earlier than the scheduler meant to."""
+        if due < self._sleeping_until:
+            self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            self._wake = trio.Event()  # reset before looking, so no wake-up is missed
+            now = self.clock.now()
+            with_room = []
+            for webhook_id, lane in self.lanes.items():
+                room = lane.room()
+                if room <= 0:
+                    lane.overflowed = True
+                    continue
+                claimed = await self.journal.claim_due(webhook_id, now, room)
+                lane.offer(claimed)
+                if len(claimed) == room:
+                    lane.overflowed = True  # there may be more: look again once it drains
+                else:
+                    with_room.append(webhook_id)
+            earliest = await self.journal.next_due(with_room) if with_room else math.inf
+            self._sleeping_until = earliest
+            with trio.move_on_at(self.clock.to_trio(earliest)):
+                await self._wake.wait()
+            self._sleeping_until = math.inf  # awake: every wake-up counts until the next sleep
+
+
+class Dispatcher:
+    """Owns the lanes and the scheduler, and runs each delivery's attempt."""
+
+    def __init__(
+        self,
+        config: Config,
+        pm: pluggy.PluginManager,
+        components: Components,
+        transports: dict,
+        journal: Journal,
+        clock: Clock,
+    ):
+        self.config = config
+        self.pm = pm
+        self.components = components
+        self.transports = transports
+        self.journal = journal
+        self.clock = clock
+        self.lanes = {w.id: Lane(w, config.relay.queue) for w in config.webhooks}
+        self.scheduler = Scheduler(journal, clock, self.lanes)
+        self._scheduler_scope = trio.CancelScope()
+
+    async def run(self) -> None:
+        """Run lanes and scheduler until cancelled; attempts in flight are cancelled with them."""
+        async with trio.open_nursery() as nursery:
+            for lane in self.lanes.values():
+                nursery.start_soon(lane.run, self)
+            nursery.start_soon(self._run_scheduler)
+
+    async def _run_scheduler(self) -> None:
+        with self._scheduler_scope:
+            await self.scheduler.run()
+
+    def stop_intake(self) -> None:
+        """Start no more attempts; ``run`` returns once those in flight have ended."""
+        self._scheduler_scope.cancel()
+        for lane in self.lanes.values():
+            lane.intake.cancel()
+
+    def in_flight(self) -> int:
+        return sum(lane.limiter.borrowed_tokens for lane in self.lanes.values())
+
+    async def submit(self, deliveries: Iterable[Delivery]) -> None:
+        """Hand journaled deliveries to their lanes; what has no room sleeps in the journal."""
+        by_lane: dict[str, list[Delivery]] = {}
+        for delivery in deliveries:
+            by_lane.setdefault(delivery.webhook_id, []).append(delivery)
+        no_room = []
+        for webhook_id, batch in by_lane.items():
+            no_room.extend(self.lanes[webhook_id].offer(batch))
+        if no_room:
+            await self.journal.put_to_sleep((d.id for d in no_room), self.clock.now())
+            self.scheduler.wake()
+
+    async def deliver(self, webhook: Webhook, delivery: Delivery) -> None:
+        delivery = attrs.evolve(delivery, attempts=delivery.attempts + 1)
+        started_at = self.clock.now()
+        request, outcome = await attempt(
+            self.pm, self.components, self.transports, webhook, delivery
+        )
+        try:
+            self.pm.hook.attempt_finished(
+                webhook=webhook, delivery=delivery, request=request, outcome=outcome
+            )
+        except Exception:  # noqa: BLE001 - an observer must not lose the outcome
+            log.exception("attempt_finished hook failed")
+        next_at = None
+        if not outcome.ok and not outcome.permanent:
+            delay = self._retry_delay(webhook, delivery, outcome)
+            if delay is not None:
+                next_at = started_at + outcome.duration + delay
+        await self.journal.record_attempt(delivery, started_at, outcome, next_at=next_at)
+        if next_at is not None:
+            log.info(
+                "delivery %s to %s: attempt %d failed (%s); next in %.0f s",
+                delivery.id,
+                webhook.id,
+                delivery.attempts,
+                outcome.describe(),
+                next_at - started_at - outcome.duration,
+            )
+            self.scheduler.wake(next_at)
+        elif not outcome.ok:
+            log.warning(
+                "delivery %s to %s: gave up after attempt %d (%s)",
+                delivery.id,
+                webhook.id,
+                delivery.attempts,
+                outcome.describe(),
+            )
+
+    def _retry_delay(self, webhook, delivery, outcome) -> float | None:
+        policy = self.components.retry_policies[webhook.retry]
+        try:
+            return policy(webhook, delivery.attempts, outcome)
+        except Exception:  # noqa: BLE001
+            log.exception(
+                "retry policy %r failed; retrying in %g s", webhook.retry, webhook.backoff.first
+            )
+            return webhook.backoff.first if delivery.attempts < webhook.tries else None

@@ -1,0 +1,78 @@
+"""Every hook a relay plugin can implement.
+
+relay's own behaviour is made of plugins that implement these same hooks
+(``relay/default_plugins``), so anything the built-ins do, a plugin can do differently.
+
+pluggy does not await, so every hook here is an ordinary function. Hooks that need I/O return an
+object with async methods (a transport) or an awaitable, which relay awaits.
+
+Named components (signers, transports, retry policies) are handed to relay through ``register_*``
+hooks and chosen per webhook in relay.toml (``signer = "..."``, ``transport = "..."``,
+``retry = "..."``). Two plugins registering the same name is an error, never a silent override.
+"""
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("relay")
+hookimpl = pluggy.HookimplMarker("relay")
+
+
+@hookspec
+def register_signers(register):
+    """Register request signers: ``register(name, sign)``.
+
+    ``sign(webhook, delivery, request) -> Request`` runs once per attempt, after
+    ``prepare_request``, and returns the request with its signature headers added. It must sign
+    ``request.body``, the exact bytes that will be sent. Built in: ``"signature"`` (the seed's
+    ``Signature`` header, the default) and ``"none"``.
+    """
+
+
+@hookspec
+def register_transports(register):
+    """Register transports: ``register(name, factory)``.
+
+    ``factory(config) -> transport`` is called once when relay starts. The transport owns its
+    connections and has two async methods: ``send(webhook, request) -> Response``, which raises
+    on a connection error (relay bounds it with the webhook's ``timeout`` and cancels it past that),
+    and ``aclose()``. Built in: ``"http"``, keep-alive HTTP/1.1 on h11.
+    """
+
+
+@hookspec
+def register_retry_policies(register):
+    """Register retry policies: ``register(name, policy)``.
+
+    ``policy(webhook, attempt, outcome) -> float | None`` is asked after failed attempt number
+    ``attempt`` (1 for the first). It returns how many seconds to wait before the next attempt,
+    or None to give up. Built in: ``"exponential"``, the seed's 10 s, 100 s, 1000 s ... capped at
+    ``backoff.max``, for ``tries`` attempts in all.
+    """
+
+
+@hookspec(firstresult=True)
+def render_request(webhook, delivery):
+    """Build the HTTP request for one attempt at ``delivery`` to ``webhook``.
+
+    Return a ``relay.model.Request``, or None to leave the webhook to another plugin. The first
+    non-None answer wins. Raise ``relay.model.PermanentFailure`` when the event can never render
+    for this webhook (no retries follow). The built-in renderer POSTs the event JSON.
+    """
+
+
+@hookspec
+def prepare_request(webhook, delivery, request):
+    """Adjust a rendered request before it is signed: add auth headers, for example.
+
+    Return a new ``Request`` (or an awaitable of one), or None to leave it as it is. Each
+    implementation receives the previous one's result. An exception fails the attempt; the
+    attempt is recorded with the plugin's name and retried per the retry policy.
+    """
+
+
+@hookspec
+def attempt_finished(webhook, delivery, request, outcome):
+    """Observe the end of an attempt (logging, metrics). The return value is ignored.
+
+    Runs after the outcome is known and before the journal records it; it must not block.
+    """

@@ -1,0 +1,96 @@
+"""The values that flow through relay: what came in, what goes out, and how an attempt ended.
+
+They are frozen so that a plugin can never change what another plugin, or the journal, sees.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from attrs import evolve, field, frozen
+
+
+@frozen
+class Event:
+    """One event as the gateway sent it, already journaled.
+
+    ``body`` is the event's JSON exactly as it will be delivered to plain webhooks.
+    """
+
+    id: str
+    name: str
+    body: bytes = field(repr=False)
+    received_at: float
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The whole envelope: ``{"event": ..., "payload": {...}, ...}``."""
+        return json.loads(self.body)
+
+
+@frozen
+class Delivery:
+    """One event on its way to one webhook; ``attempts`` counts the attempts already made."""
+
+    id: str
+    webhook_id: str
+    event: Event
+    attempts: int = 0
+
+
+@frozen
+class Request:
+    """An HTTP request ready to send; signers and auth plugins return changed copies."""
+
+    method: str
+    url: str
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = field(default=b"", repr=False)
+
+    def with_headers(self, *pairs: tuple[str, str]) -> Request:
+        """A copy with ``pairs`` added, replacing headers of the same names."""
+        names = {name.lower() for name, _ in pairs}
+        kept = tuple(h for h in self.headers if h[0].lower() not in names)
+        return evolve(self, headers=kept + tuple(pairs))
+
+    def header(self, name: str) -> str | None:
+        name = name.lower()
+        return next((v for k, v in self.headers if k.lower() == name), None)
+
+
+@frozen
+class Response:
+    status: int
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = field(default=b"", repr=False)
+
+
+@frozen
+class Outcome:
+    """How one attempt ended.
+
+    ``status`` is the HTTP status when an answer came; ``error`` says what went wrong otherwise
+    (or which plugin failed). ``permanent`` means no later attempt can do better, so the retry
+    policy is not asked.
+    """
+
+    duration: float
+    status: int | None = None
+    error: str | None = None
+    permanent: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300 and self.error is None
+
+    def describe(self) -> str:
+        if self.ok:
+            return f"HTTP {self.status}"
+        if self.status is not None:
+            return f"HTTP {self.status}" + (f" ({self.error})" if self.error else "")
+        return self.error or "failed"
+
+
+class PermanentFailure(Exception):
+    """Raised by a plugin when an attempt can never succeed (a template that cannot render)."""

@@ -1,0 +1,132 @@
+"""Finding plugins and collecting the named components they register.
+
+A plugin manager is built per relay (never at import time), from the built-ins, installed
+packages (entry point group ``relay``), modules named in ``[relay] plugins`` and every ``*.py`` in
+the plugins directory.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import pluggy
+from attrs import frozen
+
+from relay import hookspecs
+from relay.config import Config, ConfigError
+
+DEFAULT_PLUGINS = (
+    "relay.default_plugins.plain",
+    "relay.default_plugins.signature",
+    "relay.default_plugins.http_transport",
+    "relay.default_plugins.backoff",
+)
+
+
+class PluginError(Exception):
+    """A plugin could not be loaded, or two plugins claim the same name."""
+
+
+def make_plugin_manager(config: Config | None = None, *, entry_points: bool = True):
+    pm = pluggy.PluginManager("relay")
+    pm.add_hookspecs(hookspecs)
+    for name in DEFAULT_PLUGINS:
+        pm.register(importlib.import_module(name), name=name)
+    if entry_points:
+        pm.load_setuptools_entrypoints("relay")
+    if config is not None:
+        for module_name in config.relay.plugins:
+            try:
+                module = importlib.import_module(module_name)
+            except Exception as e:  # noqa: BLE001 - any import failure is the user's to see
+                raise PluginError(f"[relay] plugins: cannot import {module_name!r}: {e}") from e
+            if not pm.is_registered(module):
+                pm.register(module, name=module_name)
+        for path in _plugin_files(config.relay.plugins_dir):
+            pm.register(_module_from_path(path), name=str(path))
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as e:
+        raise PluginError(str(e)) from e
+    return pm
+
+
+def _plugin_files(directory: Path | None) -> Iterable[Path]:
+    if directory is None or not directory.is_dir():
+        return ()
+    return sorted(p for p in directory.glob("*.py") if not p.name.startswith("_"))
+
+
+def _module_from_path(path: Path):
+    name = f"relay_plugins_dir.{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # noqa: BLE001
+        del sys.modules[name]
+        raise PluginError(f"{path}: cannot load plugin: {e}") from e
+    return module
+
+
+@frozen
+class Components:
+    """The named signers, transport factories and retry policies, with who registered each."""
+
+    signers: dict[str, Callable]
+    transports: dict[str, Callable]
+    retry_policies: dict[str, Callable]
+    owners: dict[tuple[str, str], str]
+
+    @classmethod
+    def collect(cls, pm: pluggy.PluginManager) -> Components:
+        owners: dict[tuple[str, str], str] = {}
+        tables: dict[str, dict[str, Callable]] = {}
+        for kind in ("signers", "transports", "retry_policies"):
+            tables[kind] = {}
+            hook = getattr(pm.hook, f"register_{kind}")
+            for impl in hook.get_hookimpls():
+                plugin_name = impl.plugin_name
+
+                def register(name: str, component: Any, _kind=kind, _plugin=plugin_name):
+                    owner = owners.get((_kind, name))
+                    if owner is not None:
+                        raise PluginError(
+                            f"{_plugin} registers {_kind[:-1].replace('_', ' ')} {name!r}, "
+                            f"already registered by {owner}"
+                        )
+                    owners[(_kind, name)] = _plugin
+                    tables[_kind][name] = component
+
+                impl.function(register=register)
+        return cls(
+            signers=tables["signers"],
+            transports=tables["transports"],
+            retry_policies=tables["retry_policies"],
+            owners=owners,
+        )
+
+    def check(self, config: Config) -> None:
+        """Every webhook names components that exist; the error says which ones do."""
+        errors = []
+        for i, webhook in enumerate(config.webhooks):
+            for key, table in (
+                ("signer", self.signers),
+                ("transport", self.transports),
+                ("retry", self.retry_policies),
+            ):
+                name = getattr(webhook, key)
+                if name not in table:
+                    known = ", ".join(sorted(table))
+                    errors.append(
+                        f"{config.path.name}: webhooks[{i}].{key}: unknown {key} {name!r} "
+                        f"(known: {known})"
+                    )
+        if errors:
+            raise ConfigError(errors)

@@ -1,0 +1,110 @@
+"""Real parts for tests: a receiver on 127.0.0.1, a relay on a temporary journal, an HTTP client."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import attrs
+import httpx
+import pytest
+import trio
+
+from relay import config as config_module
+from relay.daemon import Relay
+from relay.http_server import HTTPRequest, HTTPServer
+from relay.plugins import Components, make_plugin_manager
+
+SEED = Path(__file__).parent / "seed_events.json"
+
+
+@attrs.define
+class Receiver:
+    """A webhook endpoint on loopback that records what arrives and answers as told."""
+
+    url: str = ""
+    requests: list[HTTPRequest] = attrs.Factory(list)
+    statuses: list[int] = attrs.Factory(list)  # answers to give, in order; then 200
+    hang: float = 0.0  # seconds to wait before answering
+    _arrived: trio.Event = attrs.Factory(trio.Event)
+
+    async def __call__(self, request: HTTPRequest) -> tuple[int, dict]:
+        self.requests.append(request)
+        self._arrived.set()
+        if self.hang:
+            await trio.sleep(self.hang)
+        return (self.statuses.pop(0) if self.statuses else 200), {}
+
+    async def wait_for(self, count: int, timeout: float = 10.0) -> list[HTTPRequest]:
+        with trio.fail_after(timeout):
+            while len(self.requests) < count:
+                self._arrived = trio.Event()
+                await self._arrived.wait()
+        return self.requests
+
+    def bodies(self) -> list[dict]:
+        return [json.loads(r.body) for r in self.requests]
+
+
+async def start_receiver(nursery, receiver: Receiver | None = None) -> Receiver:
+    receiver = receiver or Receiver()
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    await nursery.start(HTTPServer(receiver, max_body=16 * 1024 * 1024).serve, listeners)
+    host, port = listeners[0].socket.getsockname()[:2]
+    receiver.url = f"http://{host}:{port}/hook"
+    return receiver
+
+
+@pytest.fixture
+async def receiver(nursery) -> Receiver:
+    return await start_receiver(nursery)
+
+
+@attrs.define
+class RunningRelay:
+    relay: Relay
+    url: str
+    socket: Path | None
+
+    @property
+    def journal_path(self) -> Path:
+        return self.relay.config.relay.state_dir / "journal.sqlite3"
+
+    async def post(self, body, *, content_type="application/json") -> httpx.Response:
+        content = body if isinstance(body, bytes) else json.dumps(body).encode()
+        async with httpx.AsyncClient(timeout=10) as client:
+            return await client.post(
+                self.url + "/events", content=content, headers={"content-type": content_type}
+            )
+
+
+def make_config(tmp_path: Path, webhooks: list[dict], **relay_settings) -> config_module.Config:
+    relay = {"listen": "127.0.0.1:0", "state_dir": str(tmp_path / "state"), **relay_settings}
+    return config_module.parse(
+        {"relay": relay, "webhooks": webhooks}, (tmp_path / "relay.toml").absolute()
+    )
+
+
+@pytest.fixture
+def start_relay(tmp_path, nursery):
+    """``await start_relay(webhooks, **relay_settings)``: a relay serving in the test's nursery."""
+
+    async def start(webhooks: list[dict], plugins=(), **relay_settings) -> RunningRelay:
+        config = make_config(tmp_path, webhooks, **relay_settings)
+        pm = make_plugin_manager(config, entry_points=False)
+        for plugin in plugins:
+            pm.register(plugin)
+        relay = Relay(config, pm, Components.collect(pm))
+        addresses = await nursery.start(relay.run)
+        tcp = next(a for a in addresses if not a.startswith("/"))
+        return RunningRelay(relay=relay, url=f"http://{tcp}", socket=config.relay.socket)
+
+    return start
+
+
+def seed_events() -> list[dict]:
+    return json.loads(SEED.read_text())
+
+
+def no_retry_delay():
+    return {"first": 0.05, "factor": 1.0, "max": 0.05}
