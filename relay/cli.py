@@ -1,4 +1,8 @@
-"""The ``relay`` command: run the daemon, check a configuration."""
+"""The ``relay`` command.
+
+Each subcommand is a function ``cmd_NAME(args) -> exit status`` with an ``add_NAME(parser)`` that
+declares its arguments; ``COMMANDS`` lists them.
+"""
 
 from __future__ import annotations
 
@@ -13,35 +17,36 @@ from relay import config as config_module
 from relay.plugins import Components, PluginError, make_plugin_manager
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="relay", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    for name, help_text in (
-        ("run", "run the relay"),
-        ("check", "validate the configuration and list the webhooks it defines"),
-    ):
-        command = commands.add_parser(name, help=help_text)
-        command.add_argument("--config", "-c", type=Path, default=Path("relay.toml"))
-    args = parser.parse_args(argv)
+class CommandError(Exception):
+    """Ends a command with these lines on stderr and exit status 2."""
+
+    def __init__(self, *lines: str):
+        self.lines = lines
+
+
+def load(config_path: Path):
+    """The configuration with its plugins loaded and option tables bound."""
     try:
-        config = config_module.load(args.config)
+        config = config_module.load(config_path)
         pm = make_plugin_manager(config)
         components = Components.collect(pm)
-        components.check(config)
+        return components.bind(config), pm, components
     except config_module.ConfigError as e:
-        for line in e.errors:
-            print(line, file=sys.stderr)
-        return 2
+        raise CommandError(*e.errors) from None
     except PluginError as e:
-        print(f"{args.config}: {e}", file=sys.stderr)
-        return 2
-    if args.command == "check":
-        return check(config)
-    return run(config, pm, components)
+        raise CommandError(f"{config_path.name}: {e}") from None
 
 
-def check(config) -> int:
-    print(f"{config.path}: ok, {len(config.webhooks)} webhook(s)")
+def add_config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", "-c", type=Path, default=Path("relay.toml"), help="default: relay.toml"
+    )
+
+
+def cmd_check(args) -> int:
+    """validate the configuration and list the webhooks it defines"""
+    config, _, _ = load(args.config)
+    print(f"{config.path.name}: ok, {len(config.webhooks)} webhook(s)")
     for w in config.webhooks:
         print(
             f"  {w.id}: {w.url}  events={','.join(w.events)}  signer={w.signer}  "
@@ -50,9 +55,11 @@ def check(config) -> int:
     return 0
 
 
-def run(config, pm, components) -> int:
+def cmd_run(args) -> int:
+    """run the relay until SIGTERM or SIGINT"""
     from relay.daemon import Relay, serve
 
+    config, pm, components = load(args.config)
     logging.basicConfig(
         level=config.relay.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -64,6 +71,27 @@ def run(config, pm, components) -> int:
         logging.getLogger("relay").error("cannot start: %s", e)
         return 1
     return 0
+
+
+COMMANDS = {
+    "run": (cmd_run, add_config_option),
+    "check": (cmd_check, add_config_option),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="relay", description="A durable webhook relay.")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name, (function, add_arguments) in COMMANDS.items():
+        add_arguments(subparsers.add_parser(name, help=function.__doc__))
+    args = parser.parse_args(argv)
+    function, _ = COMMANDS[args.command]
+    try:
+        return function(args)
+    except CommandError as e:
+        for line in e.lines:
+            print(line, file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -138,7 +138,8 @@ class Webhook:
     url: str = field(validator=_url)
     events: tuple[str, ...] = ("*",)
     name: str | None = None
-    secret: str | None = field(default=None, repr=False)
+    # A list holds several secrets during a rotation; signers that can, sign with each.
+    secret: str | tuple[str, ...] | None = field(default=None, repr=False)
     timeout: float = field(default=3.0, validator=_positive)
     tries: int = field(default=3, validator=_at_least_one)
     backoff: Backoff = Backoff()
@@ -146,11 +147,20 @@ class Webhook:
     signer: str = "signature"
     transport: str = "http"
     retry: str = "exponential"
+    # Plugin option tables (``[webhooks.NAME]``), keyed by NAME: raw tables when read, then the
+    # objects of the classes plugins register for them (see plugins.Components.bind).
+    options: dict[str, Any] = field(factory=dict, repr=False)
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every signing secret, newest first; the seed signs with the webhook's id when none."""
+        if self.secret is None:
+            return (self.id,)
+        return (self.secret,) if isinstance(self.secret, str) else self.secret
 
     @property
     def signing_key(self) -> bytes:
-        """The seed signs "with webhook id as secret" when no secret is configured."""
-        return (self.secret if self.secret is not None else self.id).encode()
+        return self.secrets[0].encode()
 
 
 @frozen
@@ -190,7 +200,18 @@ def converter() -> cattrs.Converter:
     c.register_structure_hook(str, lambda v, _: _expect(v, str))
     c.register_structure_hook(float, lambda v, _: float(_expect(v, (int, float))))
     c.register_structure_hook(int, lambda v, _: _expect(v, int))
+    secret_type = str | tuple[str, ...] | None
+    c.register_structure_hook_func(lambda t: t == secret_type, _structure_secret)
+    c.register_structure_hook_func(lambda t: t == dict[str, Any], lambda v, _: dict(v))
     return c
+
+
+def _structure_secret(value, _):
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    if isinstance(value, str):
+        return value
+    raise TypeError(f"expected a string or a non-empty array of strings, got {_describe(value)}")
 
 
 def _expect(value, types):
@@ -266,20 +287,18 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
     name = path.name
     errors: list[str] = []
 
-    def structure(value, cls, where):
-        try:
-            return converter().structure(value, cls)
-        except Exception as e:  # noqa: BLE001 - every failure becomes a message
-            errors.extend(f"{name}: {line}" for line in _format_errors(e, f"$.{where}"))
-            return None
+    def structure_or_note(value, cls, where):
+        result, problems = structure(value, cls, where, name)
+        errors.extend(problems)
+        return result
 
     unknown = set(data) - {"relay", "defaults", "webhooks"}
     if unknown:
         errors.append(f"{name}: unknown tables or keys: {', '.join(sorted(unknown))}")
 
-    relay = structure(_table(data, "relay", errors, name), RelaySettings, "relay")
+    relay = structure_or_note(_table(data, "relay", errors, name), RelaySettings, "relay")
     defaults_table = _table(data, "defaults", errors, name)
-    defaults = structure(defaults_table, Defaults, "defaults")
+    defaults = structure_or_note(defaults_table, Defaults, "defaults")
 
     raw_webhooks = data.get("webhooks", [])
     if not isinstance(raw_webhooks, list):
@@ -293,11 +312,16 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
             continue
         inherited = _inherited(defaults_table) if defaults is not None else {}
         merged = {**inherited, **raw}
+        merged["options"] = {
+            key: merged.pop(key)
+            for key in list(merged)
+            if key not in _WEBHOOK_FIELDS and isinstance(merged[key], Mapping)
+        }
         if isinstance(raw.get("backoff"), Mapping) and isinstance(
             inherited.get("backoff"), Mapping
         ):
             merged["backoff"] = {**inherited["backoff"], **raw["backoff"]}
-        webhook = structure(merged, Webhook, f"webhooks[{i}]")
+        webhook = structure_or_note(merged, Webhook, f"webhooks[{i}]")
         if webhook is None:
             continue
         if webhook.id in seen:
@@ -321,6 +345,17 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
         else base / "plugins",
     )
     return Config(path=path, relay=relay, defaults=defaults, webhooks=tuple(webhooks))
+
+
+_WEBHOOK_FIELDS = frozenset(a.name for a in attrs.fields(Webhook)) - {"options"}
+
+
+def structure(value: Any, cls: type, where: str, filename: str) -> tuple[Any, list[str]]:
+    """Structure ``value`` as ``cls``; on failure, None and the error lines, placed at ``where``."""
+    try:
+        return converter().structure(value, cls), []
+    except Exception as e:  # noqa: BLE001 - every failure becomes a message
+        return None, [f"{filename}: {line}" for line in _format_errors(e, f"$.{where}")]
 
 
 def _table(data, key, errors, name) -> dict:

@@ -26,8 +26,7 @@ log = logging.getLogger(__name__)
 
 class Relay:
     def __init__(self, config: Config, pm: pluggy.PluginManager, components: Components):
-        components.check(config)
-        self.config = config
+        self.config = config = components.bind(config)
         self.pm = pm
         self.components = components
         self.router = Router(config.webhooks)

@@ -50,6 +50,17 @@ def register_retry_policies(register):
     """
 
 
+@hookspec
+def register_webhook_options(register):
+    """Register a table of options a webhook may carry: ``register(name, cls)``.
+
+    A webhook's ``[webhooks.NAME]`` table (or ``NAME = { ... }``) is structured into ``cls``, an
+    attrs class, when the configuration loads; mistakes are reported in relay.toml's terms
+    (``relay.toml: webhooks[2].NAME.token_url: ...``) and the relay does not start. The object is
+    then ``webhook.options[NAME]``. A table no plugin registers is a configuration error.
+    """
+
+
 @hookspec(firstresult=True)
 def render_request(webhook, delivery):
     """Build the HTTP request for one attempt at ``delivery`` to ``webhook``.

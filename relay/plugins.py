@@ -14,11 +14,12 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pluggy
 from attrs import frozen
 
 from relay import hookspecs
-from relay.config import Config, ConfigError
+from relay.config import Config, ConfigError, structure
 
 DEFAULT_PLUGINS = (
     "relay.default_plugins.plain",
@@ -82,13 +83,14 @@ class Components:
     signers: dict[str, Callable]
     transports: dict[str, Callable]
     retry_policies: dict[str, Callable]
+    webhook_options: dict[str, type]
     owners: dict[tuple[str, str], str]
 
     @classmethod
     def collect(cls, pm: pluggy.PluginManager) -> Components:
         owners: dict[tuple[str, str], str] = {}
         tables: dict[str, dict[str, Callable]] = {}
-        for kind in ("signers", "transports", "retry_policies"):
+        for kind in ("signers", "transports", "retry_policies", "webhook_options"):
             tables[kind] = {}
             hook = getattr(pm.hook, f"register_{kind}")
             for impl in hook.get_hookimpls():
@@ -98,7 +100,7 @@ class Components:
                     owner = owners.get((_kind, name))
                     if owner is not None:
                         raise PluginError(
-                            f"{_plugin} registers {_kind[:-1].replace('_', ' ')} {name!r}, "
+                            f"{_plugin} registers {_kind.replace('_', ' ')} {name!r}, "
                             f"already registered by {owner}"
                         )
                     owners[(_kind, name)] = _plugin
@@ -109,12 +111,16 @@ class Components:
             signers=tables["signers"],
             transports=tables["transports"],
             retry_policies=tables["retry_policies"],
+            webhook_options=tables["webhook_options"],
             owners=owners,
         )
 
-    def check(self, config: Config) -> None:
-        """Every webhook names components that exist; the error says which ones do."""
+    def bind(self, config: Config) -> Config:
+        """Check that every webhook names components that exist, and structure its option
+        tables with the classes plugins registered; raise ConfigError naming each problem."""
         errors = []
+        webhooks = []
+        filename = config.path.name
         for i, webhook in enumerate(config.webhooks):
             for key, table in (
                 ("signer", self.signers),
@@ -125,8 +131,25 @@ class Components:
                 if name not in table:
                     known = ", ".join(sorted(table))
                     errors.append(
-                        f"{config.path.name}: webhooks[{i}].{key}: unknown {key} {name!r} "
-                        f"(known: {known})"
+                        f"{filename}: webhooks[{i}].{key}: unknown {key} {name!r} (known: {known})"
                     )
+            options = {}
+            for key, raw in webhook.options.items():
+                cls = self.webhook_options.get(key)
+                if cls is None:
+                    known = ", ".join(sorted(self.webhook_options)) or "none"
+                    errors.append(
+                        f"{filename}: webhooks[{i}].{key}: unknown option table "
+                        f"(plugins register: {known})"
+                    )
+                    continue
+                if isinstance(raw, cls):  # bound already
+                    options[key] = raw
+                    continue
+                value, problems = structure(raw, cls, f"webhooks[{i}].{key}", filename)
+                errors.extend(problems)
+                options[key] = value
+            webhooks.append(attrs.evolve(webhook, options=options))
         if errors:
             raise ConfigError(errors)
+        return attrs.evolve(config, webhooks=tuple(webhooks))
