@@ -1,0 +1,131 @@
+"""The retry schedule and the attempt timeout, on trio's MockClock (no real waiting).
+
+The relay here is the real one, with its real journal on a temp dir; only the transport is a
+test plugin (registered through the same hook as the built-in one), because real sockets and
+a clock that jumps do not mix.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+import trio
+
+from relay.api import Api
+from relay.daemon import Relay
+from relay.default_plugins.backoff import exponential
+from relay.hookspecs import hookimpl
+from relay.http_server import HTTPRequest
+from relay.model import Outcome, Response
+from relay.plugins import Components, make_plugin_manager
+from tests.conftest import make_config, seed_events
+
+VECTORS = json.loads((Path(__file__).parent / "vectors.json").read_text())
+
+
+class RecordingTransport:
+    """Answers with ``statuses`` in turn (then 200), after ``hang`` seconds; notes when."""
+
+    def __init__(self, statuses=(), hang=0.0):
+        self.statuses = list(statuses)
+        self.hang = hang
+        self.times: list[float] = []
+
+    async def send(self, webhook, request):
+        self.times.append(trio.current_time())
+        await trio.sleep(self.hang)
+        return Response(status=self.statuses.pop(0) if self.statuses else 200)
+
+    async def aclose(self):
+        pass
+
+
+async def run_inline(function, *args):
+    """The journal's SQLite work, on the trio thread: the mock clock cannot jump mid-commit."""
+    return function(*args)
+
+
+async def run_relay(nursery, tmp_path, transport, **webhook):
+    class Plugin:
+        @hookimpl
+        def register_transports(self, register):
+            register("recording", lambda config: transport)
+
+    config = make_config(
+        tmp_path,
+        [{"id": "crm", "url": "http://example.invalid/", "transport": "recording", **webhook}],
+        listen=None,
+    )
+    pm = make_plugin_manager(config, entry_points=False)
+    pm.register(Plugin())
+    relay = Relay(config, pm, Components.collect(pm), run_blocking=run_inline)
+    await nursery.start(relay.run)
+    request = HTTPRequest(
+        "POST",
+        "/events",
+        {"content-type": "application/json"},
+        json.dumps(seed_events()[0]).encode(),
+    )
+    status, _ = await Api(relay)(request)
+    assert status == 202
+    return relay
+
+
+def gaps(times: list[float]) -> list[float]:
+    return [round(b - a, 6) for a, b in zip(times, times[1:], strict=False)]
+
+
+async def test_default_schedule_is_0_10_110_then_failed(nursery, tmp_path, autojump_clock):
+    transport = RecordingTransport(statuses=[500] * 10)
+    await run_relay(nursery, tmp_path, transport)
+    await trio.sleep(1_000_000)
+    assert len(transport.times) == 3  # "we'll retry the call two more times"
+    assert [t - transport.times[0] for t in transport.times] == [
+        0,
+        pytest.approx(10),
+        pytest.approx(110),
+    ]
+
+
+async def test_backoff_grows_tenfold_and_caps_at_100000(nursery, tmp_path, autojump_clock):
+    transport = RecordingTransport(statuses=[503] * 10)
+    await run_relay(nursery, tmp_path, transport, tries=7)
+    await trio.sleep(10_000_000)
+    expected = VECTORS["backoff"]["delays_after_attempt_1_to_7"][:6]
+    assert gaps(transport.times) == expected
+    assert len(transport.times) == 7
+
+
+async def test_no_answer_within_3_s_fails_and_retries_10_s_later(nursery, tmp_path, autojump_clock):
+    transport = RecordingTransport(hang=5.0)
+    relay = await run_relay(nursery, tmp_path, transport, tries=2)
+    await trio.sleep(100)
+    # Attempt 1 starts at t0 and is given up at t0 + 3; attempt 2 follows 10 s after that.
+    assert gaps(transport.times) == [13]
+    rows = relay.journal._conn.execute("SELECT error FROM attempts ORDER BY number").fetchall()
+    assert rows == [("no response within 3 s",)] * 2
+
+
+async def test_success_ends_the_schedule(nursery, tmp_path, autojump_clock):
+    transport = RecordingTransport(statuses=[500])
+    await run_relay(nursery, tmp_path, transport, tries=5)
+    await trio.sleep(1_000_000)
+    assert gaps(transport.times) == [10]
+
+
+def test_exponential_policy_matches_the_vectors():
+    webhook = make_config(Path("/tmp"), [{"id": "w", "url": "http://x/", "tries": 8}]).webhooks[0]
+    failed = Outcome(duration=0.0, status=500)
+    delays = [exponential(webhook, n, failed) for n in range(1, 8)]
+    assert delays == VECTORS["backoff"]["delays_after_attempt_1_to_7"]
+    assert exponential(webhook, 8, failed) is None  # tries spent
+
+
+def test_jitter_stays_within_its_fraction():
+    webhook = make_config(
+        Path("/tmp"), [{"id": "w", "url": "http://x/", "backoff": {"jitter": 0.2}}]
+    ).webhooks[0]
+    failed = Outcome(duration=0.0, status=500)
+    delays = {exponential(webhook, 1, failed) for _ in range(200)}
+    assert all(8.0 <= d <= 12.0 for d in delays)
+    assert len(delays) > 1
