@@ -1,0 +1,146 @@
+"""The real daemon as a subprocess: kill -9 loses no acknowledged event; SIGTERM drains."""
+
+import json
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import trio
+
+from tests.conftest import seed_events
+
+STATUS = seed_events()[0]
+
+
+def write_config(tmp_path: Path, url: str, *, grace: float = 10.0) -> Path:
+    path = tmp_path / "relay.toml"
+    path.write_text(
+        f"""
+[relay]
+listen = "127.0.0.1:0"
+state_dir = "state"
+grace = {grace}
+
+[[webhooks]]
+id = "crm"
+url = "{url}"
+backoff = {{ first = 0.2, factor = 1.0 }}
+tries = 100
+"""
+    )
+    return path
+
+
+class Daemon:
+    def __init__(self, config: Path):
+        self.config = config
+        self.log = config.parent / "relay.log"
+        self.process: trio.Process | None = None
+        self.url = ""
+
+    async def start(self) -> "Daemon":
+        self.log.write_text("")
+        self.process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "relay", "run", "--config", str(self.config)],
+            stdout=subprocess.DEVNULL,
+            stderr=self.log.open("a"),
+        )
+        with trio.fail_after(15):
+            while not (
+                found := re.search(r"taking events on (127\.0\.0\.1:\d+)", self.log.read_text())
+            ):
+                assert self.process.poll() is None, self.log.read_text()
+                await trio.sleep(0.05)
+        self.url = f"http://{found.group(1)}"
+        return self
+
+    async def wait(self, timeout: float = 20) -> int:
+        with trio.fail_after(timeout):
+            return await self.process.wait()
+
+
+def marked(i: int) -> dict:
+    return {**STATUS, "payload": {**STATUS["payload"], "foreign_id": f"m{i}"}}
+
+
+async def test_kill_9_loses_no_acknowledged_event(tmp_path, nursery):
+    from tests.conftest import start_receiver
+
+    receiver = await start_receiver(nursery)
+    receiver.statuses = [503] * 1_000_000  # down: everything accepted stays pending
+    daemon = await Daemon(write_config(tmp_path, receiver.url)).start()
+
+    acknowledged: set[str] = set()
+
+    async def send(client: httpx.AsyncClient, first: int):
+        for batch in range(first, first + 10_000, 5):
+            events = [marked(i) for i in range(batch, batch + 5)]
+            try:
+                response = await client.post("/events", json=events)
+            except httpx.HTTPError:
+                return  # the relay died mid-request: not acknowledged
+            assert response.status_code == 202
+            acknowledged.update(e["payload"]["foreign_id"] for e in events)
+
+    async with httpx.AsyncClient(base_url=daemon.url, timeout=10) as client:
+        async with trio.open_nursery() as senders:
+            for n in range(8):
+                senders.start_soon(send, client, n * 10_000)
+            with trio.fail_after(20):
+                while len(acknowledged) < 500:
+                    await trio.sleep(0.01)
+            daemon.process.kill()  # SIGKILL while requests are in flight
+    assert await daemon.wait() == -signal.SIGKILL
+
+    receiver.statuses.clear()  # the receiver comes back
+    restarted = await Daemon(daemon.config).start()
+    try:
+        with trio.fail_after(60):
+            while not acknowledged <= {b["payload"]["foreign_id"] for b in receiver.bodies()}:
+                await trio.sleep(0.1)
+    finally:
+        restarted.process.terminate()
+        await restarted.wait()
+
+
+async def test_sigterm_lets_the_attempt_in_flight_finish_and_exits_0(tmp_path, nursery):
+    from tests.conftest import start_receiver
+
+    receiver = await start_receiver(nursery)
+    receiver.hang = 1.0
+    daemon = await Daemon(write_config(tmp_path, receiver.url)).start()
+    async with httpx.AsyncClient(base_url=daemon.url) as client:
+        assert (await client.post("/events", json=STATUS)).status_code == 202
+    await receiver.wait_for(1)
+    daemon.process.send_signal(signal.SIGTERM)
+    assert await daemon.wait() == 0
+    with sqlite3.connect(tmp_path / "state" / "journal.sqlite3") as conn:
+        assert conn.execute("SELECT state FROM deliveries").fetchall() == [("delivered",)]
+
+
+async def test_sigterm_past_the_grace_keeps_the_delivery_for_the_next_run(tmp_path, nursery):
+    from tests.conftest import start_receiver
+
+    receiver = await start_receiver(nursery)
+    receiver.hang = 30.0
+    config = write_config(tmp_path, receiver.url, grace=0.5)
+    daemon = await Daemon(config).start()
+    async with httpx.AsyncClient(base_url=daemon.url) as client:
+        assert (await client.post("/events", json=STATUS)).status_code == 202
+    await receiver.wait_for(1)
+    daemon.process.send_signal(signal.SIGTERM)
+    assert await daemon.wait(timeout=5) == 0
+
+    receiver.hang = 0
+    restarted = await Daemon(config).start()
+    try:
+        requests = await receiver.wait_for(2)
+        assert json.loads(requests[1].body) == STATUS
+        assert requests[0].headers["relay-delivery-id"] == requests[1].headers["relay-delivery-id"]
+    finally:
+        restarted.process.terminate()
+        assert await restarted.wait() == 0
