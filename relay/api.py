@@ -26,6 +26,11 @@ class Api:
             if request.method != "POST":
                 return 405, {"error": "use POST /events"}
             return await self.accept(request)
+        if request.path == "/reload":
+            if request.method != "POST":
+                return 405, {"error": "use POST /reload"}
+            ok, answer = self.relay.try_reload()
+            return (200 if ok else 422), answer
         if request.path == "/healthz":
             if request.method != "GET":
                 return 405, {"error": "use GET /healthz"}

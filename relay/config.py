@@ -174,6 +174,7 @@ class RelaySettings:
     grace: float = field(default=10.0, validator=_positive)
     queue: int = field(default=1024, validator=_at_least_one)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    watch: bool = False  # reload when the file changes
 
 
 @frozen
@@ -200,6 +201,7 @@ def converter() -> cattrs.Converter:
     c.register_structure_hook(str, lambda v, _: _expect(v, str))
     c.register_structure_hook(float, lambda v, _: float(_expect(v, (int, float))))
     c.register_structure_hook(int, lambda v, _: _expect(v, int))
+    c.register_structure_hook(bool, lambda v, _: _expect_bool(v))
     secret_type = str | tuple[str, ...] | None
     c.register_structure_hook_func(lambda t: t == secret_type, _structure_secret)
     c.register_structure_hook_func(lambda t: t == dict[str, Any], lambda v, _: dict(v))
@@ -212,6 +214,12 @@ def _structure_secret(value, _):
     if isinstance(value, str):
         return value
     raise TypeError(f"expected a string or a non-empty array of strings, got {_describe(value)}")
+
+
+def _expect_bool(value):
+    if not isinstance(value, bool):
+        raise TypeError(f"expected true or false, got {_describe(value)}")
+    return value
 
 
 def _expect(value, types):
@@ -283,6 +291,32 @@ def load(path: str | Path) -> Config:
     return parse(data, path)
 
 
+def load_for_admin(path: str | Path) -> Config:
+    """The configuration for commands that talk to a running relay or read its journal.
+
+    They need ``[relay]`` (where the relay listens, where its journal is) even when a webhook
+    in the file is broken, which is exactly when someone runs ``relay reload`` to see why.
+    """
+    try:
+        return load(path)
+    except ConfigError as e:
+        path = Path(path).absolute()
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+            settings = converter().structure(data.get("relay", {}), RelaySettings)
+        except Exception:  # noqa: BLE001 - then the original errors are the ones to show
+            raise e from None
+        raw = data.get("webhooks", [])
+        ids = {w["id"] for w in raw if isinstance(w, Mapping) and isinstance(w.get("id"), str)}
+        webhooks = tuple(Webhook(id=i, url="http://unknown/") for i in sorted(ids) if _ID.match(i))
+        return Config(
+            path=path,
+            relay=_resolve_paths(settings, path.parent),
+            defaults=Defaults(),
+            webhooks=webhooks,
+        )
+
+
 def parse(data: Mapping[str, Any], path: Path) -> Config:
     name = path.name
     errors: list[str] = []
@@ -335,8 +369,13 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
 
     if errors:
         raise ConfigError(errors)
-    base = path.parent
-    relay = attrs.evolve(
+    relay = _resolve_paths(relay, path.parent)
+    return Config(path=path, relay=relay, defaults=defaults, webhooks=tuple(webhooks))
+
+
+def _resolve_paths(relay: RelaySettings, base: Path) -> RelaySettings:
+    """Relative paths in [relay] are relative to the configuration file."""
+    return attrs.evolve(
         relay,
         socket=_resolve(base, relay.socket),
         state_dir=_resolve(base, relay.state_dir),
@@ -344,7 +383,6 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
         if relay.plugins_dir is not None
         else base / "plugins",
     )
-    return Config(path=path, relay=relay, defaults=defaults, webhooks=tuple(webhooks))
 
 
 _WEBHOOK_FIELDS = frozenset(a.name for a in attrs.fields(Webhook)) - {"options"}

@@ -12,9 +12,10 @@ import signal
 import pluggy
 import trio
 
+from relay import config as config_module
 from relay.api import Api
 from relay.clock import Clock
-from relay.config import Config
+from relay.config import Config, ConfigError
 from relay.dispatch import Dispatcher
 from relay.events import Router
 from relay.http_server import HTTPServer, open_tcp_listeners, open_unix_listener
@@ -22,6 +23,9 @@ from relay.journal import Journal
 from relay.plugins import Components
 
 log = logging.getLogger(__name__)
+
+# [relay] settings that a reload cannot change in a running relay.
+RESTART_KEYS = ("listen", "socket", "state_dir", "plugins", "plugins_dir")
 
 
 class Relay:
@@ -38,9 +42,10 @@ class Relay:
         self.components = components
         self.router = Router(config.webhooks)
         self._run_blocking = run_blocking  # see Journal.open
-        self._stopping = False
+        self.stopping = False
         self._ingest_scope = trio.CancelScope()
         self._dispatch_scope: trio.CancelScope | None = None
+        self._server: HTTPServer | None = None
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Serve until ``stop()``; ``task_status.started`` gets the addresses listened on."""
@@ -51,7 +56,7 @@ class Relay:
             recovered = await journal.recover(self.clock.now())
             if recovered:
                 log.info("resuming %d deliveries the previous run had in flight", recovered)
-            transports = self._open_transports()
+            self.transports = transports = self._open_transports(self.config)
             try:
                 async with trio.open_nursery() as nursery:
                     self.dispatcher = Dispatcher(
@@ -67,9 +72,9 @@ class Relay:
 
     def stop(self, grace: float | None = None) -> None:
         """Stop taking events; attempts in flight get ``grace`` seconds to finish."""
-        if self._stopping:
+        if self.stopping:
             return
-        self._stopping = True
+        self.stopping = True
         grace = self.config.relay.grace if grace is None else grace
         self._ingest_scope.cancel()
         if self._dispatch_scope is not None:
@@ -78,14 +83,67 @@ class Relay:
 
     def status(self) -> dict:
         return {
-            "status": "stopping" if self._stopping else "ok",
+            "status": "stopping" if self.stopping else "ok",
             "webhooks": len(self.config.webhooks),
             "in_flight": self.dispatcher.in_flight(),
+            "tasks": _count_tasks(trio.lowlevel.current_root_task()),
         }
 
-    def _open_transports(self) -> dict:
-        used = {w.transport for w in self.config.webhooks}
-        return {name: self.components.transports[name](self.config) for name in used}
+    def _open_transports(self, config: Config, already: dict | None = None) -> dict:
+        """The transports ``config`` uses that are not open yet; each owns its connections."""
+        used = {w.transport for w in config.webhooks} - set(already or ())
+        return {name: self.components.transports[name](config) for name in used}
+
+    def reload(self) -> dict:
+        """Re-read the configuration file and apply it; raise ConfigError if it is invalid.
+
+        The new file is validated whole (with the plugins loaded at start) before anything
+        changes, so an invalid one changes nothing. Listeners, the journal and the plugins
+        themselves stay as they were: changing those needs a restart, and the answer says so.
+        """
+        new = self.components.bind(config_module.load(self.config.path))
+        transports = self._open_transports(new, self.transports)
+        old = self.config
+        restart_needed = [
+            key for key in RESTART_KEYS if getattr(new.relay, key) != getattr(old.relay, key)
+        ]
+        self.transports.update(transports)
+        self.config = new
+        self.router = Router(new.webhooks)
+        if self._server is not None:
+            self._server.max_body = new.relay.max_body
+        self.dispatcher.reconfigure(new)
+        before, after = {w.id for w in old.webhooks}, {w.id for w in new.webhooks}
+        log.info(
+            "reloaded %s: %d webhooks (added: %s; removed: %s)",
+            new.path.name,
+            len(after),
+            ", ".join(sorted(after - before)) or "none",
+            ", ".join(sorted(before - after)) or "none",
+        )
+        if restart_needed:
+            log.warning(
+                "changed settings that apply after a restart: %s", ", ".join(restart_needed)
+            )
+        return {
+            "reloaded": True,
+            "webhooks": sorted(after),
+            "added": sorted(after - before),
+            "removed": sorted(before - after),
+            "restart_needed": restart_needed,
+        }
+
+    def try_reload(self) -> tuple[bool, dict]:
+        """``reload()`` for signals and the API: an invalid file is logged, never raised."""
+        try:
+            return True, self.reload()
+        except ConfigError as e:
+            for line in e.errors:
+                log.error("reload rejected, the running configuration stays: %s", line)
+            return False, {
+                "error": "reload rejected; the running configuration stays",
+                "problems": e.errors,
+            }
 
     async def _run_dispatcher(self, *, task_status) -> None:
         with trio.CancelScope() as scope:
@@ -104,7 +162,7 @@ class Relay:
                 addresses = [_address(listener) for listener in listeners]
                 for address in addresses:
                     log.info("taking events on %s", address)
-                server = HTTPServer(Api(self), max_body=relay.max_body)
+                server = self._server = HTTPServer(Api(self), max_body=relay.max_body)
                 async with trio.open_nursery() as nursery:
                     if listeners:
                         await nursery.start(server.serve, listeners)
@@ -115,28 +173,59 @@ class Relay:
                     relay.socket.unlink(missing_ok=True)
 
 
+def _count_tasks(task) -> int:
+    """Every live task in this trio run: a reload or a storm of them must not grow it."""
+    return 1 + sum(_count_tasks(t) for n in task.child_nurseries for t in n.child_tasks)
+
+
 def _address(listener: trio.SocketListener):
     name = listener.socket.getsockname()
     return name if isinstance(name, str) else f"{name[0]}:{name[1]}"
 
 
 async def serve(relay: Relay) -> None:
-    """Run ``relay`` until SIGTERM or SIGINT; a second signal stops at once."""
+    """Run ``relay`` until SIGTERM or SIGINT (a second one stops at once); SIGHUP reloads."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_signals, signals, relay, nursery.cancel_scope)
+            if relay.config.relay.watch:
+                nursery.start_soon(_watch_file, relay)
             await relay.run()
             nursery.cancel_scope.cancel()
 
 
 async def _watch_signals(signals, relay: Relay, everything: trio.CancelScope) -> None:
+    # trio delivers a signal once however often it arrived while we were busy, so a storm of
+    # SIGHUPs becomes a few reloads, one at a time.
     async for signum in signals:
         name = signal.Signals(signum).name
         if signum == signal.SIGHUP:
-            log.warning("%s: reloading is not supported yet; restart to apply changes", name)
-        elif relay._stopping:
+            log.info("%s: reloading %s", name, relay.config.path.name)
+            relay.try_reload()
+        elif relay.stopping:
             log.warning("%s again: stopping now", name)
             everything.cancel()
         else:
             log.info("%s: stopping; attempts in flight get %g s", name, relay.config.relay.grace)
             relay.stop()
+
+
+async def _watch_file(relay: Relay, interval: float = 1.0) -> None:
+    """``[relay] watch = true``: reload when the file changes (polled: no dependency needed)."""
+    path = relay.config.path
+
+    def stamp():
+        try:
+            info = path.stat()
+        except OSError:
+            return None
+        return (info.st_mtime_ns, info.st_size)
+
+    seen = stamp()
+    while True:
+        await trio.sleep(interval)
+        now = stamp()
+        if now is not None and now != seen:
+            seen = now
+            log.info("%s changed: reloading", path.name)
+            relay.try_reload()

@@ -59,18 +59,35 @@ class Lane:
         return rest
 
     async def run(self, dispatcher: Dispatcher) -> None:
+        waiting = None
         async with trio.open_nursery() as nursery:
             with self.intake:  # cancelled to stop starting attempts; started ones go on
                 async for delivery in self._receive:
+                    waiting = delivery
                     await self.limiter.acquire_on_behalf_of(delivery)
-                    nursery.start_soon(self._deliver, dispatcher, delivery)
+                    waiting = None
+                    # The webhook as it is now: a reload changes the next attempts, never
+                    # one in flight.
+                    nursery.start_soon(self._deliver, dispatcher, self.webhook, delivery)
                     if self.overflowed and self.room() > self.queue // 2:
                         self.overflowed = False
                         dispatcher.scheduler.wake()
+            # Intake stopped (shutdown, or the webhook left the configuration): what was
+            # queued goes back to the journal, due now, rather than wait in memory unseen.
+            leftover = [waiting] if waiting is not None else []
+            while True:
+                try:
+                    leftover.append(self._receive.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            if leftover:
+                await dispatcher.journal.put_to_sleep(
+                    (d.id for d in leftover), dispatcher.clock.now()
+                )
 
-    async def _deliver(self, dispatcher: Dispatcher, delivery: Delivery) -> None:
+    async def _deliver(self, dispatcher: Dispatcher, webhook: Webhook, delivery: Delivery) -> None:
         try:
-            await dispatcher.deliver(self.webhook, delivery)
+            await dispatcher.deliver(webhook, delivery)
         finally:
             self.limiter.release_on_behalf_of(delivery)
 
@@ -96,7 +113,7 @@ class Scheduler:
             self._wake = trio.Event()  # reset before looking, so no wake-up is missed
             now = self.clock.now()
             with_room = []
-            for webhook_id, lane in self.lanes.items():
+            for webhook_id, lane in list(self.lanes.items()):  # a reload may change them
                 room = lane.room()
                 if room <= 0:
                     lane.overflowed = True
@@ -139,6 +156,7 @@ class Dispatcher:
     async def run(self) -> None:
         """Run lanes and scheduler until cancelled; attempts in flight are cancelled with them."""
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             for lane in self.lanes.values():
                 nursery.start_soon(lane.run, self)
             nursery.start_soon(self._run_scheduler)
@@ -153,6 +171,26 @@ class Dispatcher:
         for lane in self.lanes.values():
             lane.intake.cancel()
 
+    def reconfigure(self, config: Config) -> None:
+        """Apply a reloaded configuration.
+
+        Attempts in flight finish on the webhook they started with; the next attempts use the
+        new one. A removed webhook's deliveries stay in the journal, parked, and resume if it
+        comes back. A new webhook's lane starts at once.
+        """
+        self.config = config
+        for webhook in config.webhooks:
+            lane = self.lanes.get(webhook.id)
+            if lane is None:
+                lane = self.lanes[webhook.id] = Lane(webhook, config.relay.queue)
+                self._nursery.start_soon(lane.run, self)
+            else:
+                lane.webhook = webhook
+                lane.limiter.total_tokens = webhook.concurrency
+        for webhook_id in set(self.lanes) - {w.id for w in config.webhooks}:
+            self.lanes.pop(webhook_id).intake.cancel()
+        self.scheduler.wake()
+
     def in_flight(self) -> int:
         return sum(lane.limiter.borrowed_tokens for lane in self.lanes.values())
 
@@ -163,7 +201,9 @@ class Dispatcher:
             by_lane.setdefault(delivery.webhook_id, []).append(delivery)
         no_room = []
         for webhook_id, batch in by_lane.items():
-            no_room.extend(self.lanes[webhook_id].offer(batch))
+            lane = self.lanes.get(webhook_id)
+            # No lane: the webhook left the configuration since the event was routed.
+            no_room.extend(lane.offer(batch) if lane is not None else batch)
         if no_room:
             await self.journal.put_to_sleep((d.id for d in no_room), self.clock.now())
             self.scheduler.wake()

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from attrs import define
+from attrs import define, frozen
 
 from relay.model import Delivery, Event, Outcome
 
@@ -315,3 +315,55 @@ def _transaction(conn: sqlite3.Connection, ops: list[_Op]) -> None:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+@frozen
+class DeliveryRow:
+    id: str
+    webhook_id: str
+    event: str
+    state: str
+    attempts: int
+    next_at: float | None
+    last_outcome: str | None
+
+
+def list_deliveries(
+    state_dir: Path,
+    *,
+    state: str = "pending",
+    webhook_id: str | None = None,
+    known_webhooks: Iterable[str] = (),
+    limit: int = 50,
+) -> list[DeliveryRow]:
+    """Deliveries as ``relay deliveries`` shows them, read from a running relay's journal.
+
+    ``parked`` means pending for a webhook not in ``known_webhooks``.
+    """
+    path = state_dir / FILENAME
+    if not path.exists():
+        return []
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    try:
+        where, params = [], []
+        if state in ("pending", "parked"):
+            where.append("d.state = 'pending'")
+        elif state != "all":
+            where.append("d.state = ?")
+            params.append(state)
+        if state == "parked":
+            known = list(known_webhooks)
+            where.append(f"d.webhook_id NOT IN ({','.join('?' * len(known))})")
+            params.extend(known)
+        if webhook_id is not None:
+            where.append("d.webhook_id = ?")
+            params.append(webhook_id)
+        sql = (
+            "SELECT d.id, d.webhook_id, e.name, d.state, d.attempts, d.next_at, d.last_outcome"
+            " FROM deliveries d JOIN events e ON e.id = d.event_id"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY d.updated_at DESC LIMIT ?"
+        )
+        return [DeliveryRow(*row) for row in conn.execute(sql, [*params, limit])]
+    finally:
+        conn.close()

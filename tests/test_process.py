@@ -1,66 +1,16 @@
 """The real daemon as a subprocess: kill -9 loses no acknowledged event; SIGTERM drains."""
 
 import json
-import re
 import signal
 import sqlite3
-import subprocess
-import sys
-from pathlib import Path
 
 import httpx
 import trio
 
 from tests.conftest import seed_events
+from tests.daemon import Daemon, write_config
 
 STATUS = seed_events()[0]
-
-
-def write_config(tmp_path: Path, url: str, *, grace: float = 10.0) -> Path:
-    path = tmp_path / "relay.toml"
-    path.write_text(
-        f"""
-[relay]
-listen = "127.0.0.1:0"
-state_dir = "state"
-grace = {grace}
-
-[[webhooks]]
-id = "crm"
-url = "{url}"
-backoff = {{ first = 0.2, factor = 1.0 }}
-tries = 100
-"""
-    )
-    return path
-
-
-class Daemon:
-    def __init__(self, config: Path):
-        self.config = config
-        self.log = config.parent / "relay.log"
-        self.process: trio.Process | None = None
-        self.url = ""
-
-    async def start(self) -> "Daemon":
-        self.log.write_text("")
-        self.process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "relay", "run", "--config", str(self.config)],
-            stdout=subprocess.DEVNULL,
-            stderr=self.log.open("a"),
-        )
-        with trio.fail_after(15):
-            while not (
-                found := re.search(r"taking events on (127\.0\.0\.1:\d+)", self.log.read_text())
-            ):
-                assert self.process.poll() is None, self.log.read_text()
-                await trio.sleep(0.05)
-        self.url = f"http://{found.group(1)}"
-        return self
-
-    async def wait(self, timeout: float = 20) -> int:
-        with trio.fail_after(timeout):
-            return await self.process.wait()
 
 
 def marked(i: int) -> dict:

@@ -1,0 +1,65 @@
+"""The real relay as a subprocess, for tests about the process: signals, kill -9, reload."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import trio
+
+
+def webhook_toml(webhook_id: str, url: str) -> str:
+    return f"""
+[[webhooks]]
+id = "{webhook_id}"
+url = "{url}"
+backoff = {{ first = 0.2, factor = 1.0 }}
+tries = 100
+"""
+
+
+def write_config(
+    tmp_path: Path, url: str | None = None, *, grace: float = 10.0, webhooks: str | None = None
+) -> Path:
+    """A config with a Unix socket (for `relay reload`) and one webhook "crm" at ``url``, or
+    the ``webhooks`` TOML given."""
+    path = tmp_path / "relay.toml"
+    path.write_text(
+        f"""
+[relay]
+listen = "127.0.0.1:0"
+socket = "relay.sock"
+state_dir = "state"
+grace = {grace}
+"""
+        + (webhooks if webhooks is not None else webhook_toml("crm", url))
+    )
+    return path
+
+
+class Daemon:
+    def __init__(self, config: Path):
+        self.config = config
+        self.log = config.parent / "relay.log"
+        self.process: trio.Process | None = None
+        self.url = ""
+
+    async def start(self) -> "Daemon":
+        self.log.write_text("")
+        self.process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "relay", "run", "--config", str(self.config)],
+            stdout=subprocess.DEVNULL,
+            stderr=self.log.open("a"),
+        )
+        with trio.fail_after(15):
+            while not (
+                found := re.search(r"taking events on (127\.0\.0\.1:\d+)", self.log.read_text())
+            ):
+                assert self.process.poll() is None, self.log.read_text()
+                await trio.sleep(0.05)
+        self.url = f"http://{found.group(1)}"
+        return self
+
+    async def wait(self, timeout: float = 20) -> int:
+        with trio.fail_after(timeout):
+            return await self.process.wait()
