@@ -1,0 +1,43 @@
+"""Every hook is documented in docs/hooks.md and has a test of its own (datasette's meta-tests)."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from relay import hookspecs
+
+ROOT = Path(__file__).parent.parent
+HOOKS = sorted(name for name, value in vars(hookspecs).items() if hasattr(value, "relay_spec"))
+
+
+def test_hooks_are_found():
+    assert "prepare_request" in HOOKS
+
+
+@pytest.fixture(scope="module")
+def documented() -> set[str]:
+    text = (ROOT / "docs" / "hooks.md").read_text()
+    return set(re.findall(r"^## (\w+)\(", text, flags=re.MULTILINE))
+
+
+@pytest.fixture(scope="module")
+def test_sources() -> str:
+    here = Path(__file__).resolve()
+    return "\n".join(
+        p.read_text() for p in (ROOT / "tests").rglob("test_*.py") if p.resolve() != here
+    )
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_hook_is_documented(hook, documented):
+    assert hook in documented, f"docs/hooks.md has no '## {hook}(...)' heading"
+
+
+def test_no_documented_hook_is_gone(documented):
+    assert documented <= set(HOOKS)
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_hook_has_a_test_implementing_it(hook, test_sources):
+    assert re.search(rf"\bdef {hook}\(", test_sources), f"no test implements {hook}"
