@@ -16,6 +16,7 @@ import httpx
 import trio
 
 from relay import config as config_module
+from relay import webhooks_cli
 from relay.plugins import Components, PluginError, make_plugin_manager
 
 
@@ -175,6 +176,7 @@ COMMANDS = {
     "reload": (cmd_reload, add_config_option),
     "deliveries": (cmd_deliveries, add_deliveries_arguments),
     "plugins": (cmd_plugins, add_config_option),
+    "webhooks": (webhooks_cli.cmd_webhooks, webhooks_cli.add_arguments),
 }
 
 

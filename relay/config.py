@@ -8,6 +8,7 @@ Values of secrets never appear in those lines.
 from __future__ import annotations
 
 import functools
+import os
 import re
 import sys
 from collections.abc import Mapping
@@ -18,6 +19,9 @@ from urllib.parse import urlsplit
 import attrs
 import cattrs
 from attrs import field, frozen
+from cattrs.gen import make_dict_structure_fn, override
+
+from relay import templates
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -98,6 +102,15 @@ def _listen(value):
         return "must be HOST:PORT, e.g. 127.0.0.1:8765"
 
 
+def _one_of(*choices: str):
+    @_validator
+    def check(value):
+        if value not in choices:
+            return f"must be one of {', '.join(choices)}, got {value!r}"
+
+    return check
+
+
 @_validator
 def _jitter(value):
     if not 0 <= value <= 1:
@@ -150,6 +163,16 @@ class Webhook:
     # Plugin option tables (``[webhooks.NAME]``), keyed by NAME: raw tables when read, then the
     # objects of the classes plugins register for them (see plugins.Components.bind).
     options: dict[str, Any] = field(factory=dict, repr=False)
+    # Compose webhooks (see relay/templates.py): setting any of these shapes the request.
+    method: str | None = field(
+        default=None, validator=_one_of("GET", "POST", "PUT", "PATCH", "DELETE")
+    )
+    headers: dict[str, str] | None = field(default=None, repr=False)  # may hold a token
+    body: dict[str, Any] | None = None
+    body_format: str | None = field(default=None, validator=_one_of("json", "form", "multipart"))
+    on_missing: str = field(default="empty", validator=_one_of("empty", "fail"))
+    # Compiled from the keys above and [secrets] when the file loads; never read from the file.
+    template: templates.RequestTemplate | None = field(default=None, repr=False)
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -205,6 +228,13 @@ def converter() -> cattrs.Converter:
     secret_type = str | tuple[str, ...] | None
     c.register_structure_hook_func(lambda t: t == secret_type, _structure_secret)
     c.register_structure_hook_func(lambda t: t == dict[str, Any], lambda v, _: dict(v))
+    c.register_structure_hook_func(lambda t: t == dict[str, Any] | None, _structure_table)
+    c.register_structure_hook(
+        Webhook,
+        make_dict_structure_fn(
+            Webhook, c, template=override(omit=True), _cattrs_forbid_extra_keys=True
+        ),
+    )
     return c
 
 
@@ -214,6 +244,12 @@ def _structure_secret(value, _):
     if isinstance(value, str):
         return value
     raise TypeError(f"expected a string or a non-empty array of strings, got {_describe(value)}")
+
+
+def _structure_table(value, _):
+    if not isinstance(value, Mapping):
+        raise TypeError(f"expected a table, got {_describe(value)}")
+    return dict(value)
 
 
 def _expect_bool(value):
@@ -326,9 +362,11 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
         errors.extend(problems)
         return result
 
-    unknown = set(data) - {"relay", "defaults", "webhooks"}
+    unknown = set(data) - {"relay", "defaults", "webhooks", "secrets"}
     if unknown:
         errors.append(f"{name}: unknown tables or keys: {', '.join(sorted(unknown))}")
+    secrets, problems = templates.resolve_secrets(data.get("secrets", {}), os.environ)
+    errors.extend(f"{name}: {place}: {message}" for place, message in problems)
 
     relay = structure_or_note(_table(data, "relay", errors, name), RelaySettings, "relay")
     defaults_table = _table(data, "defaults", errors, name)
@@ -358,6 +396,8 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
         webhook = structure_or_note(merged, Webhook, f"webhooks[{i}]")
         if webhook is None:
             continue
+        webhook, problems = _compile(webhook, secrets)
+        errors.extend(f"{name}: webhooks[{i}].{place}: {message}" for place, message in problems)
         if webhook.id in seen:
             errors.append(
                 f"{name}: webhooks[{i}].id: duplicate id {webhook.id!r} "
@@ -383,6 +423,20 @@ def _resolve_paths(relay: RelaySettings, base: Path) -> RelaySettings:
         if relay.plugins_dir is not None
         else base / "plugins",
     )
+
+
+def _compile(webhook: Webhook, secrets: Mapping[str, str]) -> tuple[Webhook, list]:
+    """Compile a compose webhook's templates now, so a malformed one stops the relay at start."""
+    template, problems = templates.compile_request(
+        method=webhook.method,
+        url=webhook.url,
+        headers=webhook.headers,
+        body=webhook.body,
+        body_format=webhook.body_format,
+        on_missing=webhook.on_missing,
+        secrets=secrets,
+    )
+    return attrs.evolve(webhook, template=template), problems
 
 
 _WEBHOOK_FIELDS = frozenset(a.name for a in attrs.fields(Webhook)) - {"options"}

@@ -23,6 +23,7 @@ from relay.config import Config, ConfigError, structure
 
 DEFAULT_PLUGINS = (
     "relay.default_plugins.plain",
+    "relay.default_plugins.compose",
     "relay.default_plugins.signature",
     "relay.default_plugins.http_transport",
     "relay.default_plugins.backoff",
