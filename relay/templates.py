@@ -273,18 +273,12 @@ class FormBody:
 def _multipart(pairs: list[tuple[str, str]]) -> tuple[str, bytes]:
     """multipart/form-data as a browser's FormData sends text fields.
 
-    The boundary is derived from the content, so every attempt sends the same bytes, and it is
-    checked against the content, so no value can end a part early.
+    The boundary is a hash of the content, so every attempt sends the same bytes, and no value
+    can hold it: that would take a value containing the SHA-256 of itself.
     """
     parts = [(_disposition_name(key).encode(), value.encode()) for key, value in pairs]
     content = b"\0".join(name + b"\0" + value for name, value in parts)
-    counter = 0
-    while True:
-        digest = hashlib.sha256(b"%d\0" % counter + content).hexdigest()
-        boundary = f"relay-{digest[:40]}".encode()
-        if boundary not in content:
-            break
-        counter += 1
+    boundary = b"relay-" + hashlib.sha256(content).hexdigest()[:40].encode()
     body = b"".join(
         b'--%s\r\nContent-Disposition: form-data; name="%s"\r\n\r\n%s\r\n' % (boundary, n, v)
         for n, v in parts
