@@ -13,7 +13,7 @@ import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_type_hints
 from urllib.parse import urlsplit
 
 import attrs
@@ -443,11 +443,33 @@ _WEBHOOK_FIELDS = frozenset(a.name for a in attrs.fields(Webhook)) - {"options"}
 
 
 def structure(value: Any, cls: type, where: str, filename: str) -> tuple[Any, list[str]]:
-    """Structure ``value`` as ``cls``; on failure, None and the error lines, placed at ``where``."""
+    """Structure ``value`` as ``cls``; on failure, None and the error lines, placed at ``where``.
+
+    Unknown keys are reported first and set aside, so that they do not hide the other mistakes
+    (cattrs stops at them).
+    """
+    value, unknown = _set_aside_unknown_keys(value, cls, where)
+    lines = [f"{filename}: {line}" for line in unknown]
     try:
-        return converter().structure(value, cls), []
+        result = converter().structure(value, cls)
     except Exception as e:  # noqa: BLE001 - every failure becomes a message
-        return None, [f"{filename}: {line}" for line in _format_errors(e, f"$.{where}")]
+        return None, lines + [f"{filename}: {line}" for line in _format_errors(e, f"$.{where}")]
+    return (None, lines) if lines else (result, [])
+
+
+def _set_aside_unknown_keys(value: Any, cls: type, where: str) -> tuple[Any, list[str]]:
+    if not (attrs.has(cls) and isinstance(value, Mapping)):
+        return value, []
+    types = get_type_hints(cls)
+    fields = {a.name for a in attrs.fields(cls)}
+    unknown = sorted(k for k in value if k not in fields)
+    lines = [f"{where}: unknown keys: {', '.join(unknown)}"] if unknown else []
+    kept = {}
+    for key, item in value.items():
+        if key in fields:
+            kept[key], more = _set_aside_unknown_keys(item, types[key], f"{where}.{key}")
+            lines.extend(more)
+    return kept, lines
 
 
 def _table(data, key, errors, name) -> dict:

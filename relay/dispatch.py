@@ -119,7 +119,11 @@ class Scheduler:
                     lane.overflowed = True
                     continue
                 claimed = await self.journal.claim_due(webhook_id, now, room)
-                lane.offer(claimed)
+                # Ingest may have filled the lane while the journal was asked: what no longer
+                # fits goes back to sleep, due now, rather than be held nowhere.
+                no_room = lane.offer(claimed)
+                if no_room:
+                    await self.journal.put_to_sleep((d.id for d in no_room), now)
                 if len(claimed) == room:
                     lane.overflowed = True  # there may be more: look again once it drains
                 else:

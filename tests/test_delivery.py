@@ -134,3 +134,34 @@ async def test_signature_vector():
     vectors = json.loads((__import__("pathlib").Path(__file__).parent / "vectors.json").read_text())
     vector = next(v for v in vectors["signatures"] if v["scheme"] == "signature")
     assert signature(vector["secret"].encode(), vector["body"].encode()) == vector["expected"]
+
+
+async def test_a_hanging_receiver_does_not_starve_other_webhooks(start_relay, nursery):
+    from tests.conftest import start_receiver
+
+    hanging, healthy = await start_receiver(nursery), await start_receiver(nursery)
+    hanging.hang = 30
+    running = await start_relay(
+        [
+            {"id": "hanging", "url": hanging.url, "concurrency": 2, "timeout": 20},
+            {"id": "healthy", "url": healthy.url, "concurrency": 2},
+        ]
+    )
+    assert (await running.post(seed_events() * 20)).status_code == 202
+    await healthy.wait_for(60, timeout=5)
+    assert len(hanging.requests) == 2  # its own concurrency, and no more
+
+
+async def test_a_flood_beyond_the_queue_waits_on_disk_and_all_arrives(start_relay, receiver):
+    receiver.hang = 0.002
+    running = await start_relay([{"id": "crm", "url": receiver.url, "concurrency": 2}], queue=4)
+    for _ in range(5):
+        assert (await running.post(seed_events() * 20)).status_code == 202
+    await receiver.wait_for(300, timeout=20)
+    ids = {r.headers["relay-delivery-id"] for r in receiver.requests}
+    assert len(ids) == 300
+    with trio.fail_after(5):
+        while journal_rows(
+            running, "SELECT count(*) FROM deliveries WHERE state = 'delivered'"
+        ) != [(300,)]:
+            await trio.sleep(0.05)
