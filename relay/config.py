@@ -130,9 +130,9 @@ class Backoff:
         return min(self.first * self.factor ** (failed_attempt - 1), self.max)
 
 
-@frozen
-class Defaults:
-    """Delivery settings every webhook inherits unless it sets its own."""
+@frozen(kw_only=True)
+class DeliverySettings:
+    """Delivery settings: ``[defaults]`` sets them for every webhook, a webhook for itself."""
 
     timeout: float = field(default=3.0, validator=_positive)
     tries: int = field(default=3, validator=_at_least_one)
@@ -143,8 +143,8 @@ class Defaults:
     retry: str = "exponential"
 
 
-@frozen
-class Webhook:
+@frozen(kw_only=True)
+class Webhook(DeliverySettings):
     """One destination. Unset delivery keys come from ``[defaults]``."""
 
     id: str = field(validator=_webhook_id)
@@ -153,13 +153,6 @@ class Webhook:
     name: str | None = None
     # A list holds several secrets during a rotation; signers that can, sign with each.
     secret: str | tuple[str, ...] | None = field(default=None, repr=False)
-    timeout: float = field(default=3.0, validator=_positive)
-    tries: int = field(default=3, validator=_at_least_one)
-    backoff: Backoff = Backoff()
-    concurrency: int = field(default=16, validator=_at_least_one)
-    signer: str = "signature"
-    transport: str = "http"
-    retry: str = "exponential"
     # Plugin option tables (``[webhooks.NAME]``), keyed by NAME: raw tables when read, then the
     # objects of the classes plugins register for them (see plugins.Components.bind).
     options: dict[str, Any] = field(factory=dict, repr=False)
@@ -204,7 +197,7 @@ class RelaySettings:
 class Config:
     path: Path
     relay: RelaySettings
-    defaults: Defaults
+    defaults: DeliverySettings
     webhooks: tuple[Webhook, ...]
 
     def webhook(self, webhook_id: str) -> Webhook | None:
@@ -348,7 +341,7 @@ def load_for_admin(path: str | Path) -> Config:
         return Config(
             path=path,
             relay=_resolve_paths(settings, path.parent),
-            defaults=Defaults(),
+            defaults=DeliverySettings(),
             webhooks=webhooks,
         )
 
@@ -370,7 +363,7 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
 
     relay = structure_or_note(_table(data, "relay", errors, name), RelaySettings, "relay")
     defaults_table = _table(data, "defaults", errors, name)
-    defaults = structure_or_note(defaults_table, Defaults, "defaults")
+    defaults = structure_or_note(defaults_table, DeliverySettings, "defaults")
 
     raw_webhooks = data.get("webhooks", [])
     if not isinstance(raw_webhooks, list):
@@ -482,7 +475,7 @@ def _table(data, key, errors, name) -> dict:
 
 def _inherited(defaults_table: Mapping) -> dict:
     """Only keys valid in [defaults] reach the webhooks; its own errors are reported once there."""
-    fields = {a.name for a in attrs.fields(Defaults)}
+    fields = {a.name for a in attrs.fields(DeliverySettings)}
     return {k: v for k, v in defaults_table.items() if k in fields}
 
 
