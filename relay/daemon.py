@@ -34,14 +34,11 @@ class Relay:
         config: Config,
         pm: pluggy.PluginManager,
         components: Components,
-        *,
-        run_blocking=trio.to_thread.run_sync,
     ):
         self.config = config = components.bind(config)
         self.pm = pm
         self.components = components
         self.router = Router(config.webhooks)
-        self._run_blocking = run_blocking  # see Journal.open
         self.stopping = False
         self._ingest_scope = trio.CancelScope()
         self._dispatch_scope: trio.CancelScope | None = None
@@ -51,7 +48,7 @@ class Relay:
         """Serve until ``stop()``; ``task_status.started`` gets the addresses listened on."""
         relay = self.config.relay
         self.clock = Clock()
-        async with Journal.open(relay.state_dir, run_blocking=self._run_blocking) as journal:
+        async with Journal.open(relay.state_dir, mode=relay.journal) as journal:
             self.journal = journal
             recovered = await journal.recover(self.clock.now())
             if recovered:

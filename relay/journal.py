@@ -3,9 +3,13 @@
 SQLite in WAL mode with ``synchronous=FULL``: a commit is on disk (fsynced) when it returns, so
 an acknowledged event survives kill -9 and power loss. Measured on this machine
 (../shared/design/performance.md): one fsync per event caps ingest near 4,800 events/s, 64 per
-commit reach ~170,000/s. So one task, the committer, owns the connection and commits whatever
-accumulated while the previous commit ran (group commit): durability costs one fsync per batch,
-not per event, whatever the disk's fsync latency.
+commit reach ~170,000/s. So one task, the committer, sends whatever accumulated while the
+previous commit ran as the next batch (group commit): durability costs one fsync per batch, not
+per event, whatever the disk's fsync latency.
+
+The SQL runs in a writer process (relay/journal_process.py says why not a thread), or, with
+``[relay] journal = "inline"``, on the trio thread itself (no process; the loop blocks for each
+commit's fsync).
 
 A pending delivery is in one of two places:
 
@@ -23,113 +27,64 @@ before it.
 from __future__ import annotations
 
 import logging
-import math
-import sqlite3
-from collections.abc import Callable, Iterable
+import pickle
+import subprocess
+import sys
+from collections.abc import Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import trio
 from attrs import define, frozen
 
+from relay import journal_sql
+from relay.journal_process import HEADER, encode
 from relay.model import Delivery, Event, Outcome
 
-FILENAME = "journal.sqlite3"
-SCHEMA_VERSION = 1
 log = logging.getLogger(__name__)
 
+FILENAME = journal_sql.FILENAME
 MAX_BATCH = 4096
 QUEUE = 16384
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    body BLOB NOT NULL,
-    received_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS deliveries (
-    id TEXT PRIMARY KEY,
-    event_id TEXT NOT NULL REFERENCES events (id),
-    webhook_id TEXT NOT NULL,
-    state TEXT NOT NULL DEFAULT 'pending',  -- pending | delivered | failed
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_at REAL,                           -- NULL: in memory (see module docstring)
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    last_outcome TEXT
-);
-CREATE INDEX IF NOT EXISTS deliveries_asleep
-    ON deliveries (webhook_id, next_at) WHERE next_at IS NOT NULL;
-CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries (event_id);
-CREATE TABLE IF NOT EXISTS attempts (
-    delivery_id TEXT NOT NULL,
-    number INTEGER NOT NULL,
-    started_at REAL NOT NULL,
-    duration REAL NOT NULL,
-    status INTEGER,
-    error TEXT,
-    PRIMARY KEY (delivery_id, number)
-) WITHOUT ROWID;
-"""
+# Fire-and-forget writes of the same kind that follow each other are merged into one operation
+# (one executemany); writes someone waits for stay separate, so that one failing fails alone.
+MERGEABLE = frozenset({"record_attempts", "put_to_sleep"})
 
 
 class JournalError(Exception):
     """The journal could not do what was asked (disk full, unreadable file ...)."""
 
 
-def connect(state_dir: Path) -> sqlite3.Connection:
-    """Open (creating if needed) the journal in ``state_dir``; blocking."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(
-        state_dir / FILENAME, isolation_level=None, check_same_thread=False, timeout=30
-    )
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA foreign_keys=OFF")
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version > SCHEMA_VERSION:
-        raise JournalError(
-            f"{state_dir / FILENAME}: written by a newer relay (schema {version}, "
-            f"this relay knows {SCHEMA_VERSION})"
-        )
-    conn.executescript(SCHEMA)
-    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-    return conn
-
-
 @define
 class _Op:
-    run: Callable[[sqlite3.Connection], Any]
+    name: str
+    args: tuple
     done: trio.Event | None
-    result: Any = None
-    error: BaseException | None = None
+    result: object = None
+    error: str | None = None
 
 
 class Journal:
     """Use ``async with Journal.open(state_dir) as journal``; the committer lives inside."""
 
-    def __init__(self, conn: sqlite3.Connection, send_channel: trio.MemorySendChannel):
-        self._conn = conn
+    def __init__(self, send_channel: trio.MemorySendChannel):
         self._ops = send_channel
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, state_dir: Path, *, run_blocking=trio.to_thread.run_sync):
-        """``run_blocking`` runs SQLite work off the trio thread. Tests on trio's MockClock pass
-        one that runs it inline: while a thread works, every task looks blocked, and the mock
-        clock would jump past deadlines mid-commit."""
-        conn = await run_blocking(connect, state_dir)
+    async def open(cls, state_dir: Path, *, mode: str = "process"):
+        start = ProcessWriter.start if mode == "process" else InlineWriter.start
+        writer = await start(state_dir)
         send, receive = trio.open_memory_channel(QUEUE)
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_commit_loop, conn, receive, run_blocking)
+                nursery.start_soon(_commit_loop, writer, receive)
                 async with send:
-                    yield cls(conn, send)
+                    yield cls(send)
                 # Closing the channel lets the committer finish what was queued, then return.
         finally:
-            conn.close()
+            with trio.CancelScope(shield=True):
+                await writer.aclose()
 
     # -- writes the caller waits for (durable on return) --------------------------------
 
@@ -137,27 +92,13 @@ class Journal:
         """Journal new events and their deliveries; returns once they are on disk."""
         event_rows = [(e.id, e.name, e.body, e.received_at) for e in events]
         delivery_rows = [(d.id, d.event.id, d.webhook_id, now, now) for d in deliveries]
-
-        def write(conn):
-            conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?)", event_rows)
-            conn.executemany(
-                "INSERT INTO deliveries (id, event_id, webhook_id, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                delivery_rows,
-            )
-
-        await self._call(write)
+        await self._call("append", event_rows, delivery_rows)
 
     # -- writes queued in order, not waited for ------------------------------------------
     # Losing one of these in a crash only repeats an attempt: the row is still pending.
 
     async def record_attempt(
-        self,
-        delivery: Delivery,
-        started_at: float,
-        outcome: Outcome,
-        *,
-        next_at: float | None,
+        self, delivery: Delivery, started_at: float, outcome: Outcome, *, next_at: float | None
     ) -> None:
         """Record attempt ``delivery.attempts`` and what follows it.
 
@@ -165,7 +106,7 @@ class Journal:
         when the outcome is ok, failed when not.
         """
         state = "pending" if next_at is not None else ("delivered" if outcome.ok else "failed")
-        attempt_row = (
+        attempt = (
             delivery.id,
             delivery.attempts,
             started_at,
@@ -173,7 +114,7 @@ class Journal:
             outcome.status,
             outcome.error,
         )
-        delivery_row = (
+        update = (
             state,
             delivery.attempts,
             next_at,
@@ -181,140 +122,169 @@ class Journal:
             outcome.describe(),
             delivery.id,
         )
-
-        def write(conn):
-            conn.execute("INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?, ?)", attempt_row)
-            conn.execute(
-                "UPDATE deliveries SET state = ?, attempts = ?, next_at = ?, updated_at = ?,"
-                " last_outcome = ? WHERE id = ?",
-                delivery_row,
-            )
-
-        await self._submit(write)
+        await self._submit("record_attempts", [attempt], [update])
 
     async def put_to_sleep(self, delivery_ids: Iterable[str], until: float) -> None:
         """Hand deliveries that memory has no room for back to the journal, due at ``until``."""
-        rows = [(until, i) for i in delivery_ids]
-        await self._submit(
-            lambda conn: conn.executemany(
-                "UPDATE deliveries SET next_at = ? WHERE id = ? AND state = 'pending'", rows
-            )
-        )
+        await self._submit("put_to_sleep", [(until, i) for i in delivery_ids])
 
     # -- the scheduler's side ------------------------------------------------------------
 
     async def recover(self, now: float) -> int:
         """Make deliveries a dead relay held in memory due now; returns how many."""
-
-        def write(conn):
-            return conn.execute(
-                "UPDATE deliveries SET next_at = ? WHERE state = 'pending' AND next_at IS NULL",
-                (now,),
-            ).rowcount
-
-        return await self._call(write)
+        return await self._call("recover", now)
 
     async def claim_due(self, webhook_id: str, now: float, limit: int) -> list[Delivery]:
         """Take up to ``limit`` deliveries to ``webhook_id`` due by ``now`` into memory."""
-
-        def claim(conn):
-            rows = conn.execute(
-                "SELECT d.id, d.attempts, e.id, e.name, e.body, e.received_at"
-                " FROM deliveries d JOIN events e ON e.id = d.event_id"
-                " WHERE d.webhook_id = ? AND d.next_at IS NOT NULL AND d.next_at <= ?"
-                " ORDER BY d.next_at LIMIT ?",
-                (webhook_id, now, limit),
-            ).fetchall()
-            conn.executemany(
-                "UPDATE deliveries SET next_at = NULL WHERE id = ?", [(r[0],) for r in rows]
+        rows = await self._call("claim_due", webhook_id, now, limit)
+        return [
+            Delivery(
+                id=delivery_id,
+                webhook_id=webhook_id,
+                event=Event(id=event_id, name=name, body=body, received_at=received_at),
+                attempts=attempts,
             )
-            return [
-                Delivery(
-                    id=delivery_id,
-                    webhook_id=webhook_id,
-                    event=Event(id=event_id, name=name, body=body, received_at=received_at),
-                    attempts=attempts,
-                )
-                for delivery_id, attempts, event_id, name, body, received_at in rows
-            ]
-
-        return await self._call(claim)
+            for delivery_id, attempts, event_id, name, body, received_at in rows
+        ]
 
     async def next_due(self, webhook_ids: Iterable[str]) -> float:
         """When the earliest sleeping delivery to any of ``webhook_ids`` is due (inf: none)."""
-        ids = list(webhook_ids)
-
-        def read(conn):
-            earliest = math.inf
-            for webhook_id in ids:  # one indexed MIN per webhook: O(log n) each
-                (at,) = conn.execute(
-                    "SELECT MIN(next_at) FROM deliveries"
-                    " WHERE webhook_id = ? AND next_at IS NOT NULL",
-                    (webhook_id,),
-                ).fetchone()
-                if at is not None:
-                    earliest = min(earliest, at)
-            return earliest
-
-        return await self._call(read)
+        return await self._call("next_due", list(webhook_ids))
 
     # -- plumbing --------------------------------------------------------------------------
 
-    async def _submit(self, run) -> None:
-        await self._ops.send(_Op(run, None))
+    async def _submit(self, name: str, *args) -> None:
+        await self._ops.send(_Op(name, args, None))
 
-    async def _call(self, run):
-        op = _Op(run, trio.Event())
+    async def _call(self, name: str, *args):
+        op = _Op(name, args, trio.Event())
         await self._ops.send(op)
         await op.done.wait()
         if op.error is not None:
-            raise JournalError(str(op.error)) from op.error
+            raise JournalError(op.error)
         return op.result
 
 
-async def _commit_loop(conn: sqlite3.Connection, receive: trio.MemoryReceiveChannel, run_blocking):
+async def _commit_loop(writer, receive: trio.MemoryReceiveChannel) -> None:
     async with receive:
         async for first in receive:
-            batch = [first]
-            while len(batch) < MAX_BATCH:
+            ops = [first]
+            while len(ops) < MAX_BATCH:
                 try:
-                    batch.append(receive.receive_nowait())
+                    ops.append(receive.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
-            # Not abandoned on cancel: a commit that started always finishes.
-            await run_blocking(_run_batch, conn, batch)
-            for op in batch:
-                if op.done is not None:
-                    op.done.set()
-                elif op.error is not None:
-                    log.error("journal write failed: %s", op.error)
+            batch, owners = _merge(ops)
+            # Never cancelled halfway: the writer must answer the batch it was sent.
+            with trio.CancelScope(shield=True):
+                results = await writer.run(batch)
+            for op_group, (ok, result) in zip(owners, results, strict=True):
+                for op in op_group:
+                    if ok:
+                        op.result = result
+                    else:
+                        op.error = result
+                    if op.done is not None:
+                        op.done.set()
+                    elif not ok:
+                        log.error("journal write failed: %s", result)
 
 
-def _run_batch(conn: sqlite3.Connection, batch: list[_Op]) -> None:
-    """One transaction for the batch; if it fails, each op alone so one bad op fails alone."""
-    try:
-        _transaction(conn, batch)
-    except sqlite3.Error as e:
-        if len(batch) == 1:
-            batch[0].error = e
-            return
-        for op in batch:
-            try:
-                _transaction(conn, [op])
-            except sqlite3.Error as e:
-                op.error = e
+def _merge(ops: list[_Op]) -> tuple[list[tuple[str, tuple]], list[list[_Op]]]:
+    """The batch to send, and for each of its operations the queued ops it carries."""
+    batch: list[tuple[str, tuple]] = []
+    owners: list[list[_Op]] = []
+    for op in ops:
+        if batch and op.name in MERGEABLE and batch[-1][0] == op.name:
+            name, args = batch[-1]
+            batch[-1] = (name, tuple(a + b for a, b in zip(args, op.args, strict=True)))
+            owners[-1].append(op)
+        else:
+            batch.append((op.name, op.args))
+            owners.append([op])
+    return batch, owners
 
 
-def _transaction(conn: sqlite3.Connection, ops: list[_Op]) -> None:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        for op in ops:
-            op.result = op.run(conn)
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
+class ProcessWriter:
+    """The writer process (relay/journal_process.py), spoken to over its stdin and stdout."""
+
+    def __init__(self, process: trio.Process):
+        self.process = process
+        self._buffer = bytearray()
+
+    @classmethod
+    async def start(cls, state_dir: Path) -> ProcessWriter:
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "relay.journal_process", str(state_dir)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        writer = cls(process)
+        try:
+            ok, error = await writer._receive()
+        except BaseException:
+            await writer.aclose()
+            raise
+        if not ok:
+            await writer.aclose()
+            raise JournalError(error)
+        return writer
+
+    async def run(self, batch: list[tuple[str, tuple]]) -> list[tuple[bool, object]]:
+        await self.process.stdin.send_all(encode(batch))
+        return await self._receive()
+
+    async def _receive(self):
+        size = None
+        while True:
+            if size is None and len(self._buffer) >= HEADER.size:
+                size = HEADER.unpack_from(self._buffer)[0]
+            if size is not None and len(self._buffer) >= HEADER.size + size:
+                frame = bytes(self._buffer[HEADER.size : HEADER.size + size])
+                del self._buffer[: HEADER.size + size]
+                return pickle.loads(frame)
+            data = await self.process.stdout.receive_some(1 << 20)
+            if not data:
+                raise JournalError(
+                    f"the journal writer exited (status {self.process.poll()}); see its stderr"
+                )
+            self._buffer += data
+
+    async def aclose(self) -> None:
+        """Close its input: it commits what it has and exits."""
+        await self.process.stdin.aclose()
+        with trio.move_on_after(30):
+            await self.process.wait()
+        if self.process.poll() is None:
+            log.error("the journal writer did not exit in 30 s; killing it")
+            self.process.kill()
+            await self.process.wait()
+        await self.process.stdout.aclose()
+
+
+class InlineWriter:
+    """SQL on the trio thread: no process, but the loop blocks for each commit.
+
+    Tests on trio's MockClock use it: while another process works, every task looks blocked and
+    the mock clock would jump past deadlines mid-commit.
+    """
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    @classmethod
+    async def start(cls, state_dir: Path) -> InlineWriter:
+        try:
+            return cls(journal_sql.connect(state_dir))
+        except (OSError, journal_sql.sqlite3.Error, journal_sql.SchemaError) as e:
+            raise JournalError(str(e)) from e
+
+    async def run(self, batch):
+        await trio.lowlevel.checkpoint()
+        return journal_sql.run_batch(self.conn, batch)
+
+    async def aclose(self) -> None:
+        self.conn.close()
 
 
 @frozen
@@ -328,42 +298,6 @@ class DeliveryRow:
     last_outcome: str | None
 
 
-def list_deliveries(
-    state_dir: Path,
-    *,
-    state: str = "pending",
-    webhook_id: str | None = None,
-    known_webhooks: Iterable[str] = (),
-    limit: int = 50,
-) -> list[DeliveryRow]:
-    """Deliveries as ``relay deliveries`` shows them, read from a running relay's journal.
-
-    ``parked`` means pending for a webhook not in ``known_webhooks``.
-    """
-    path = state_dir / FILENAME
-    if not path.exists():
-        return []
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
-    try:
-        where, params = [], []
-        if state in ("pending", "parked"):
-            where.append("d.state = 'pending'")
-        elif state != "all":
-            where.append("d.state = ?")
-            params.append(state)
-        if state == "parked":
-            known = list(known_webhooks)
-            where.append(f"d.webhook_id NOT IN ({','.join('?' * len(known))})")
-            params.extend(known)
-        if webhook_id is not None:
-            where.append("d.webhook_id = ?")
-            params.append(webhook_id)
-        sql = (
-            "SELECT d.id, d.webhook_id, e.name, d.state, d.attempts, d.next_at, d.last_outcome"
-            " FROM deliveries d JOIN events e ON e.id = d.event_id"
-            + (" WHERE " + " AND ".join(where) if where else "")
-            + " ORDER BY d.updated_at DESC LIMIT ?"
-        )
-        return [DeliveryRow(*row) for row in conn.execute(sql, [*params, limit])]
-    finally:
-        conn.close()
+def list_deliveries(state_dir: Path, **filters) -> list[DeliveryRow]:
+    """See ``journal_sql.list_deliveries``."""
+    return [DeliveryRow(*row) for row in journal_sql.list_deliveries(state_dir, **filters)]

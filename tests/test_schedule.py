@@ -6,6 +6,7 @@ a clock that jumps do not mix.
 """
 
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -40,11 +41,6 @@ class RecordingTransport:
         pass
 
 
-async def run_inline(function, *args):
-    """The journal's SQLite work, on the trio thread: the mock clock cannot jump mid-commit."""
-    return function(*args)
-
-
 async def run_relay(nursery, tmp_path, transport, **webhook):
     class Plugin:
         @hookimpl
@@ -55,10 +51,11 @@ async def run_relay(nursery, tmp_path, transport, **webhook):
         tmp_path,
         [{"id": "crm", "url": "http://example.invalid/", "transport": "recording", **webhook}],
         listen=None,
+        journal="inline",  # another process working makes every task look blocked: see InlineWriter
     )
     pm = make_plugin_manager(config, entry_points=False)
     pm.register(Plugin())
-    relay = Relay(config, pm, Components.collect(pm), run_blocking=run_inline)
+    relay = Relay(config, pm, Components.collect(pm))
     await nursery.start(relay.run)
     request = HTTPRequest(
         "POST",
@@ -102,7 +99,8 @@ async def test_no_answer_within_3_s_fails_and_retries_10_s_later(nursery, tmp_pa
     await trio.sleep(100)
     # Attempt 1 starts at t0 and is given up at t0 + 3; attempt 2 follows 10 s after that.
     assert gaps(transport.times) == [13]
-    rows = relay.journal._conn.execute("SELECT error FROM attempts ORDER BY number").fetchall()
+    with sqlite3.connect(relay.config.relay.state_dir / "journal.sqlite3") as conn:
+        rows = conn.execute("SELECT error FROM attempts ORDER BY number").fetchall()
     assert rows == [("no response within 3 s",)] * 2
 
 

@@ -1,0 +1,219 @@
+"""The journal's SQLite schema and every operation on it, as plain blocking functions.
+
+Operations are named and take plain data (tuples of str, bytes, float), so the same code runs in
+the journal's writer process (relay/journal_process.py, the default) or in the relay's own
+process (``[relay] journal = "inline"``, and tests on trio's MockClock). ``run_batch`` runs a
+batch of them in one transaction: one fsync for all (group commit).
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+
+FILENAME = "journal.sqlite3"
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    body BLOB NOT NULL,
+    received_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id TEXT PRIMARY KEY,
+    event_id TEXT NOT NULL REFERENCES events (id),
+    webhook_id TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',  -- pending | delivered | failed
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at REAL,                           -- NULL: held in the relay's memory
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    last_outcome TEXT
+);
+CREATE INDEX IF NOT EXISTS deliveries_asleep
+    ON deliveries (webhook_id, next_at) WHERE next_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries (event_id);
+CREATE TABLE IF NOT EXISTS attempts (
+    delivery_id TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    duration REAL NOT NULL,
+    status INTEGER,
+    error TEXT,
+    PRIMARY KEY (delivery_id, number)
+) WITHOUT ROWID;
+"""
+
+
+class SchemaError(Exception):
+    """The journal file cannot be used by this relay."""
+
+
+def connect(state_dir: Path) -> sqlite3.Connection:
+    """Open (creating if needed) the journal in ``state_dir``."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(
+        state_dir / FILENAME, isolation_level=None, check_same_thread=False, timeout=30
+    )
+    conn.execute("PRAGMA journal_mode=WAL")
+    # Durable per commit: WAL with synchronous=NORMAL is not, across power loss.
+    conn.execute("PRAGMA synchronous=FULL")
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise SchemaError(
+            f"{state_dir / FILENAME}: written by a newer relay (schema {version}, "
+            f"this relay knows {SCHEMA_VERSION})"
+        )
+    conn.executescript(SCHEMA)
+    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    return conn
+
+
+# -- operations: op(conn, *args) -> result -------------------------------------------------
+
+
+def append(conn, event_rows, delivery_rows):
+    """New events ``(id, name, body, received_at)`` and deliveries
+    ``(id, event_id, webhook_id, created_at, updated_at)``."""
+    conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?)", event_rows)
+    conn.executemany(
+        "INSERT INTO deliveries (id, event_id, webhook_id, created_at, updated_at)"
+        " VALUES (?, ?, ?, ?, ?)",
+        delivery_rows,
+    )
+
+
+def record_attempts(conn, attempt_rows, delivery_rows):
+    """Attempts ``(delivery_id, number, started_at, duration, status, error)`` and what follows
+    each: ``(state, attempts, next_at, updated_at, last_outcome, delivery_id)``."""
+    conn.executemany("INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?, ?)", attempt_rows)
+    conn.executemany(
+        "UPDATE deliveries SET state = ?, attempts = ?, next_at = ?, updated_at = ?,"
+        " last_outcome = ? WHERE id = ?",
+        delivery_rows,
+    )
+
+
+def put_to_sleep(conn, rows):
+    """``(next_at, delivery_id)``: pending deliveries memory hands back to the journal."""
+    conn.executemany("UPDATE deliveries SET next_at = ? WHERE id = ? AND state = 'pending'", rows)
+
+
+def recover(conn, now):
+    """Deliveries a dead relay held in memory become due ``now``; returns how many."""
+    return conn.execute(
+        "UPDATE deliveries SET next_at = ? WHERE state = 'pending' AND next_at IS NULL", (now,)
+    ).rowcount
+
+
+def claim_due(conn, webhook_id, now, limit):
+    """Up to ``limit`` deliveries to ``webhook_id`` due by ``now``, taken into memory.
+
+    Returns ``(delivery_id, attempts, event_id, name, body, received_at)`` rows.
+    """
+    rows = conn.execute(
+        "SELECT d.id, d.attempts, e.id, e.name, e.body, e.received_at"
+        " FROM deliveries d JOIN events e ON e.id = d.event_id"
+        " WHERE d.webhook_id = ? AND d.next_at IS NOT NULL AND d.next_at <= ?"
+        " ORDER BY d.next_at LIMIT ?",
+        (webhook_id, now, limit),
+    ).fetchall()
+    conn.executemany("UPDATE deliveries SET next_at = NULL WHERE id = ?", [(r[0],) for r in rows])
+    return rows
+
+
+def next_due(conn, webhook_ids):
+    """When the earliest sleeping delivery to any of ``webhook_ids`` is due (inf: none)."""
+    earliest = math.inf
+    for webhook_id in webhook_ids:  # one indexed MIN per webhook: O(log n) each
+        (at,) = conn.execute(
+            "SELECT MIN(next_at) FROM deliveries WHERE webhook_id = ? AND next_at IS NOT NULL",
+            (webhook_id,),
+        ).fetchone()
+        if at is not None:
+            earliest = min(earliest, at)
+    return earliest
+
+
+OPERATIONS = {
+    op.__name__: op for op in (append, record_attempts, put_to_sleep, recover, claim_due, next_due)
+}
+
+
+def run_batch(
+    conn: sqlite3.Connection, batch: list[tuple[str, tuple]]
+) -> list[tuple[bool, object]]:
+    """Run ``(operation, args)`` pairs in one transaction; ``(ok, result or error text)`` each.
+
+    If the transaction fails, each operation runs alone, so one bad operation fails alone.
+    """
+    try:
+        return [(True, result) for result in _transaction(conn, batch)]
+    except sqlite3.Error as e:
+        if len(batch) == 1:
+            return [(False, str(e))]
+    results = []
+    for item in batch:
+        try:
+            results.append((True, _transaction(conn, [item])[0]))
+        except sqlite3.Error as e:
+            results.append((False, str(e)))
+    return results
+
+
+def _transaction(conn: sqlite3.Connection, batch) -> list:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        results = [OPERATIONS[name](conn, *args) for name, args in batch]
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return results
+
+
+def list_deliveries(
+    state_dir: Path,
+    *,
+    state: str = "pending",
+    webhook_id: str | None = None,
+    known_webhooks: Iterable[str] = (),
+    limit: int = 50,
+) -> list[tuple]:
+    """``(id, webhook_id, event, state, attempts, next_at, last_outcome)`` rows for
+    ``relay deliveries``, read-only from a running relay's journal, newest first.
+
+    ``parked`` means pending for a webhook not in ``known_webhooks``.
+    """
+    path = state_dir / FILENAME
+    if not path.exists():
+        return []
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    try:
+        where, params = [], []
+        if state in ("pending", "parked"):
+            where.append("d.state = 'pending'")
+        elif state != "all":
+            where.append("d.state = ?")
+            params.append(state)
+        if state == "parked":
+            known = list(known_webhooks)
+            where.append(f"d.webhook_id NOT IN ({','.join('?' * len(known))})")
+            params.extend(known)
+        if webhook_id is not None:
+            where.append("d.webhook_id = ?")
+            params.append(webhook_id)
+        sql = (
+            "SELECT d.id, d.webhook_id, e.name, d.state, d.attempts, d.next_at, d.last_outcome"
+            " FROM deliveries d JOIN events e ON e.id = d.event_id"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY d.updated_at DESC LIMIT ?"
+        )
+        return conn.execute(sql, [*params, limit]).fetchall()
+    finally:
+        conn.close()
