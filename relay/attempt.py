@@ -54,6 +54,8 @@ async def attempt(
     with trio.move_on_after(webhook.timeout) as scope:
         try:
             response = await transport.send(webhook, request)
+        except PermanentFailure as e:
+            return request, Outcome(duration=elapsed(), error=str(e), permanent=True)
         except Exception as e:  # noqa: BLE001 - a failed send is an outcome, not a crash
             return request, Outcome(duration=elapsed(), error=_describe_send_error(e))
     if scope.cancelled_caught:

@@ -1,0 +1,162 @@
+"""The delivery client against raw servers on loopback that answer exactly as told."""
+
+import pytest
+import trio
+
+from relay.http_client import HTTPClient
+from relay.model import PermanentFailure, Request
+
+
+class RawServer:
+    """Reads one request head (and its Content-Length body), writes the next scripted answer.
+
+    ``answers`` are bytes, or None to close the connection instead of answering.
+    """
+
+    def __init__(self, answers):
+        self.answers = list(answers)
+        self.requests: list[bytes] = []
+        self.connections = 0
+        self.port = 0
+
+    async def serve(self, stream):
+        self.connections += 1
+        try:
+            await self._answer(stream)
+        except trio.BrokenResourceError:
+            pass  # the client hung up mid-answer: that is what some tests do
+
+    async def _answer(self, stream):
+        buffer = b""
+        async with stream:
+            while self.answers:
+                while b"\r\n\r\n" not in buffer:
+                    data = await stream.receive_some(65536)
+                    if not data:
+                        return
+                    buffer += data
+                head, _, buffer = buffer.partition(b"\r\n\r\n")
+                length = next(
+                    (
+                        int(line.split(b":")[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    ),
+                    0,
+                )
+                while len(buffer) < length:
+                    buffer += await stream.receive_some(65536)
+                self.requests.append(head + b"\r\n\r\n" + buffer[:length])
+                buffer = buffer[length:]
+                answer = self.answers.pop(0)
+                if answer is None:
+                    return
+                await stream.send_all(answer)
+                if b"connection: close" in answer.lower() or b"HTTP/1.0" in answer[:8]:
+                    return
+
+
+@pytest.fixture
+def serve(nursery):
+    async def start(*answers) -> RawServer:
+        server = RawServer(answers)
+        listeners = await nursery.start(trio.serve_tcp, server.serve, 0)
+        server.port = listeners[0].socket.getsockname()[1]
+        return server
+
+    return start
+
+
+def post(server, body=b'{"a":1}', **headers):
+    return Request(
+        method="POST",
+        url=f"http://127.0.0.1:{server.port}/hook?x=1",
+        headers=tuple(headers.items()) or (("Content-Type", "application/json"),),
+        body=body,
+    )
+
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+async def test_request_bytes_and_keep_alive_reuse(serve):
+    server = await serve(OK, OK, OK)
+    client = HTTPClient()
+    for _ in range(3):
+        response = await client.send(post(server))
+        assert (response.status, response.body) == (200, b"ok")
+    assert server.connections == 1
+    assert server.requests[0] == (
+        b"POST /hook?x=1 HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUser-Agent: relay/0.1\r\n"
+        b'Content-Type: application/json\r\nContent-Length: 7\r\n\r\n{"a":1}' % server.port
+    )
+    await client.aclose()
+
+
+@pytest.mark.parametrize(
+    ("answer", "status", "body", "reused"),
+    [
+        (
+            b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nX-Trailer: 1\r\n\r\n",
+            201,
+            b"abcde",
+            True,
+        ),
+        (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n", 204, b"", True),
+        (
+            b"HTTP/1.1 302 Found\r\nLocation: http://elsewhere/\r\nContent-Length: 0\r\n\r\n",
+            302,
+            b"",
+            True,
+        ),
+        (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok", 200, b"ok", False),
+        (b"HTTP/1.0 200 OK\r\n\r\nuntil the end", 200, b"until the end", False),
+    ],
+)
+async def test_answers_are_framed_per_rfc_9112(serve, answer, status, body, reused):
+    server = await serve(answer, OK)
+    client = HTTPClient()
+    response = await client.send(post(server))
+    assert (response.status, response.body) == (status, body)
+    assert (await client.send(post(server))).status == 200
+    assert server.connections == (1 if reused else 2)
+
+
+async def test_a_large_answer_is_cut_and_its_connection_not_reused(serve):
+    big = b"HTTP/1.1 500 Oops\r\nContent-Length: 100000\r\n\r\n" + b"x" * 100000
+    server = await serve(big, OK)
+    client = HTTPClient(max_response_body=1000)
+    response = await client.send(post(server))
+    assert response.status == 500 and len(response.body) == 1000
+    await client.send(post(server))
+    assert server.connections == 2
+
+
+async def test_an_idle_connection_the_server_closed_is_replaced_once(serve):
+    server = await serve(OK, None, OK)  # answers, then closes the kept-alive connection
+    client = HTTPClient()
+    await client.send(post(server))
+    response = await client.send(post(server))
+    assert response.status == 200
+    assert server.connections == 2
+
+
+async def test_a_fresh_connection_closed_without_answer_is_an_error(serve):
+    server = await serve(None)
+    with pytest.raises(ConnectionError):
+        await HTTPClient().send(post(server))
+
+
+@pytest.mark.parametrize("value", ["a\r\nX-Injected: 1", "nul\x00", "caf\u00e9"])
+async def test_unsendable_header_values_fail_permanently_and_nothing_is_sent(serve, value):
+    server = await serve(OK)
+    with pytest.raises(PermanentFailure, match="X-Custom"):
+        await HTTPClient().send(post(server, **{"X-Custom": value}))
+    assert server.connections == 0
+
+
+async def test_garbage_answers_are_errors(serve):
+    server = await serve(b"SSH-2.0-OpenSSH\r\n\r\n")
+    with pytest.raises(Exception, match="not an HTTP/1.x response"):
+        await HTTPClient().send(post(server))
