@@ -16,7 +16,6 @@ import logging
 import math
 from collections.abc import Iterable
 
-import attrs
 import pluggy
 import trio
 
@@ -213,7 +212,7 @@ class Dispatcher:
             self.scheduler.wake()
 
     async def deliver(self, webhook: Webhook, delivery: Delivery) -> None:
-        delivery = attrs.evolve(delivery, attempts=delivery.attempts + 1)
+        delivery = Delivery(delivery.id, delivery.webhook_id, delivery.event, delivery.attempts + 1)
         started_at = self.clock.now()
         request, outcome = await attempt(
             self.pm, self.components, self.transports, webhook, delivery

@@ -83,10 +83,25 @@ class Connection:
         self.idle_since = 0.0
         self.reused = False
         self.reusable = False
+        if isinstance(stream, trio.SocketStream):
+            # The socket itself, not the stream's wrapper: a context manager and a conflict
+            # detector less per call, measurable at thousands of requests a second.
+            self._socket = stream.socket
+            self.send_all, self.receive_some = self._socket_send_all, self._socket_receive_some
+        else:
+            self.send_all, self.receive_some = stream.send_all, stream.receive_some
+
+    async def _socket_send_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[await self._socket.send(view) :]
+
+    async def _socket_receive_some(self, size: int) -> bytes:
+        return await self._socket.recv(size)
 
     async def roundtrip(self, data: bytes, max_body: int) -> Response:
         self.reusable = False
-        await self.stream.send_all(data)
+        await self.send_all(data)
         while True:
             version, status, headers = await self._read_head()
             if not 100 <= status < 200:
@@ -110,7 +125,7 @@ class Connection:
         )
 
     async def _fill(self) -> None:
-        data = await self.stream.receive_some(READ_SIZE)
+        data = await self.receive_some(READ_SIZE)
         if not data:
             raise ConnectionError("the connection closed before the answer was complete")
         self.buffer += data
