@@ -11,6 +11,7 @@ import json
 import os
 import re
 from collections.abc import Sequence
+from typing import Any
 
 from attrs import frozen
 
@@ -44,20 +45,16 @@ class Incoming:
 def parse(body: bytes, config: Config) -> list[Incoming]:
     """Parse one event object or an array of them; every problem is reported, none accepted."""
     try:
-        data = json.loads(body)
+        is_array, items = _split(body.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InvalidEvents([("", f"body is not valid JSON: {e}")], status=400) from None
-    if isinstance(data, dict):
-        items, prefix = [data], lambda i: ""
-    elif isinstance(data, list):
-        items, prefix = data, lambda i: f"[{i}]"
-    else:
+    if not is_array and not isinstance(items[0][0], dict):
         raise InvalidEvents([("", "expected an event object or an array of them")])
 
     problems: list[tuple[str, str]] = []
     incoming: list[Incoming] = []
-    for i, item in enumerate(items):
-        at = prefix(i)
+    for i, (item, text) in enumerate(items):
+        at = f"[{i}]" if is_array else ""
         if not isinstance(item, dict):
             problems.append((at, "expected an object"))
             continue
@@ -77,15 +74,45 @@ def parse(body: bytes, config: Config) -> list[Incoming]:
             elif config.webhook(webhook_id) is None:
                 problems.append((f"{at}.webhook_id".lstrip("."), f"no webhook {webhook_id!r}"))
         if not problems:
-            incoming.append(Incoming(name=name, webhook_id=webhook_id, body=_canonical(item)))
+            incoming.append(Incoming(name=name, webhook_id=webhook_id, body=text.encode()))
     if problems:
         raise InvalidEvents(problems)
     return incoming
 
 
-def _canonical(item: dict) -> bytes:
-    """The event as it will be delivered: the same JSON, compactly written."""
-    return json.dumps(item, ensure_ascii=False, separators=(",", ":")).encode()
+_DECODER = json.JSONDecoder()
+_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _split(text: str) -> tuple[bool, list[tuple[Any, str]]]:
+    """Parse a JSON value; if it is an array, each element with its exact text.
+
+    One parse gives both the events and their bytes as sent, so plain webhooks receive the event
+    exactly as the gateway wrote it, and nothing is serialized again.
+    """
+    start = _SPACE.match(text).end()
+    if not text.startswith("[", start):
+        value, end = _DECODER.raw_decode(text, start)
+        items, is_array = [(value, text[start:end])], False
+    else:
+        items, is_array = [], True
+        at = _SPACE.match(text, start + 1).end()
+        end = at + 1
+        if not text.startswith("]", at):
+            while True:
+                value, after = _DECODER.raw_decode(text, at)
+                items.append((value, text[at:after]))
+                at = _SPACE.match(text, after).end()
+                if text.startswith(",", at):
+                    at = _SPACE.match(text, at + 1).end()
+                elif text.startswith("]", at):
+                    end = at + 1
+                    break
+                else:
+                    raise json.JSONDecodeError("Expecting ',' delimiter or ']'", text, at)
+    if _SPACE.match(text, end).end() != len(text):
+        raise json.JSONDecodeError("Extra data", text, end)
+    return is_array, items
 
 
 def new_id() -> str:

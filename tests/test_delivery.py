@@ -165,3 +165,12 @@ async def test_a_flood_beyond_the_queue_waits_on_disk_and_all_arrives(start_rela
             running, "SELECT count(*) FROM deliveries WHERE state = 'delivered'"
         ) != [(300,)]:
             await trio.sleep(0.05)
+
+
+async def test_plain_webhooks_receive_each_event_exactly_as_sent(start_relay, receiver):
+    running = await start_relay([{"id": "crm", "url": receiver.url}])
+    first = json.dumps(seed_events()[0], indent=2).encode()  # formatting and key order kept
+    second = b'{"payload": {"text": "caf\xc3\xa9 \\u00e9"}, "event": "whatsapp:message:in"}'
+    assert (await running.post(b"[ " + first + b" ,\n" + second + b"]")).status_code == 202
+    await receiver.wait_for(2)
+    assert sorted(r.body for r in receiver.requests) == sorted([first, second])
