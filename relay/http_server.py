@@ -1,14 +1,17 @@
-"""A small HTTP/1.1 server on trio + h11, for the ingest API on TCP and on a Unix socket.
+"""A small HTTP/1.1 server on trio, for the ingest API on TCP and on a Unix socket.
 
-Why not hypercorn: measured on this machine (../shared/design/performance.md), hypercorn's trio
-worker serves ~2,200 requests/s, a plain h11 loop ~9,400/s, and ingest must never be what limits
-the relay. The API is tiny (JSON in, JSON out), so the server is too: keep-alive, a bounded body,
-bounded waits, and a handler that maps (method, path, headers, body) to (status, JSON).
+Why not hypercorn, nor h11: measured on this machine (../shared/design/performance.md),
+hypercorn's trio worker serves ~2,200 requests/s and a plain h11 loop ~9,400/s, and with
+single-event requests h11 was 58% of the relay's profile. Ingest must never be what limits the
+relay. The API is tiny (JSON in, JSON out), so the server is too: keep-alive, a bounded body,
+bounded waits, HTTP/1.1 framing from relay/http11.py, and a handler that maps
+(method, path, headers, body) to (status, JSON).
 """
 
 from __future__ import annotations
 
 import errno
+import http
 import json
 import logging
 import os
@@ -16,15 +19,16 @@ import socket as stdlib_socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import h11
 import trio
 from attrs import frozen
 
+from relay.http11 import Closed, HTTPStream, ProtocolError
+
 log = logging.getLogger(__name__)
 
-READ_SIZE = 65536
 IDLE_TIMEOUT = 300.0  # a keep-alive connection may wait this long for its next request
 REQUEST_TIMEOUT = 30.0  # a started request must arrive whole within this
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 @frozen
@@ -33,6 +37,7 @@ class HTTPRequest:
     path: str
     headers: dict[str, str]
     body: bytes
+    query: str = ""
 
 
 Handler = Callable[[HTTPRequest], Awaitable[tuple[int, dict]]]
@@ -47,93 +52,86 @@ class HTTPServer:
         await trio.serve_listeners(self._serve_connection, listeners, task_status=task_status)
 
     async def _serve_connection(self, stream: trio.abc.Stream) -> None:
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=64 * 1024)
+        io = HTTPStream(stream)
         try:
             while True:
                 with trio.move_on_after(IDLE_TIMEOUT) as idle:
-                    event = await _next_event(conn, stream)
-                if idle.cancelled_caught or not isinstance(event, h11.Request):
-                    return  # idle too long, or the client closed
-                await self._serve_request(conn, stream, event)
-                if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
-                    return  # Connection: close, or a body we did not read
-                conn.start_next_cycle()
-        except h11.RemoteProtocolError as e:
-            if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                await _respond(conn, stream, e.error_status_hint, {"error": f"bad request: {e}"})
-        except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
+                    start, headers = await io.read_head()
+                if idle.cancelled_caught or not await self._serve_request(io, start, headers):
+                    return
+        except Closed:
+            pass  # between requests: the client is done
+        except ProtocolError as e:
+            try:
+                await io.send_all(_response(e.status, {"error": f"bad request: {e}"}, close=True))
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass  # the client went away
         finally:
-            await trio.aclose_forcefully(stream)
+            await io.aclose()
 
-    async def _serve_request(self, conn, stream, request: h11.Request) -> None:
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers}
-        length = headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_body:
-            await _respond(conn, stream, 413, _too_large(self.max_body), close=True)
-            return
-        body = bytearray()
-        with trio.move_on_after(REQUEST_TIMEOUT) as scope:
-            while True:
-                event = await _next_event(conn, stream)
-                if isinstance(event, h11.Data):
-                    body += event.data
-                    if len(body) > self.max_body:
-                        await _respond(conn, stream, 413, _too_large(self.max_body), close=True)
-                        return
-                elif isinstance(event, h11.EndOfMessage):
-                    break
-                else:  # the client closed mid-request
-                    return
-        if scope.cancelled_caught:
-            await _respond(
-                conn, stream, 408, {"error": "request body not received in time"}, close=True
+    async def _serve_request(self, io: HTTPStream, start: bytes, headers: dict) -> bool:
+        """Serve one request; whether the connection stays open for another."""
+        parts = start.split(b" ")
+        if len(parts) != 3 or parts[2] not in (b"HTTP/1.1", b"HTTP/1.0"):
+            raise ProtocolError("malformed request line")
+        method, target, version = parts
+        connection = headers.get(b"connection", b"").lower()
+        if version == b"HTTP/1.1":
+            keep_alive = b"close" not in connection
+        else:
+            keep_alive = b"keep-alive" in connection
+        length = io.body_length(headers)
+        if length is not None and length > self.max_body:
+            await io.send_all(_response(413, _too_large(self.max_body), close=True))
+            return False
+        if length != 0 and headers.get(b"expect", b"").lower() == b"100-continue":
+            await io.send_all(CONTINUE)
+        with trio.move_on_after(REQUEST_TIMEOUT) as late:
+            if length is None:
+                body, whole = await io.read_chunked(self.max_body)
+                if not whole:
+                    await io.send_all(_response(413, _too_large(self.max_body), close=True))
+                    return False
+            else:
+                body = await io.read_exactly(length)
+        if late.cancelled_caught:
+            await io.send_all(
+                _response(408, {"error": "request body not received in time"}, close=True)
             )
-            return
-        target = request.target.decode("latin-1")
-        http_request = HTTPRequest(
-            method=request.method.decode("ascii"),
-            path=target.split("?", 1)[0],
-            headers=headers,
-            body=bytes(body),
+            return False
+        path, _, query = target.decode("latin-1").partition("?")
+        request = HTTPRequest(
+            method=method.decode("ascii", "replace"),
+            path=path,
+            headers={k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items()},
+            body=body,
+            query=query,
         )
         try:
-            status, payload = await self.handler(http_request)
+            status, payload = await self.handler(request)
         except Exception:  # noqa: BLE001 - the server keeps serving whatever a handler does
-            log.exception("error handling %s %s", http_request.method, http_request.path)
+            log.exception("error handling %s %s", request.method, request.path)
             status, payload = 500, {"error": "internal error; see the relay's log"}
-        await _respond(conn, stream, status, payload)
+        await io.send_all(_response(status, payload, close=not keep_alive))
+        return keep_alive
 
 
 def _too_large(limit: int) -> dict:
     return {"error": f"body too large: the limit is {limit} bytes ([relay] max_body)"}
 
 
-async def _next_event(conn: h11.Connection, stream: trio.abc.Stream):
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            conn.receive_data(await stream.receive_some(READ_SIZE))
-            continue
-        if event is h11.PAUSED:
-            return None
-        return event
+_STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in http.HTTPStatus}
 
 
-async def _respond(conn, stream, status: int, payload: dict, *, close: bool = False) -> None:
+def _response(status: int, payload: dict, *, close: bool = False) -> bytes:
     body = json.dumps(payload).encode()
-    headers = [
-        ("Content-Type", "application/json"),
-        ("Content-Length", str(len(body))),
-        ("Server", "relay"),
-    ]
-    if close:
-        headers.append(("Connection", "close"))
-    await stream.send_all(
-        conn.send(h11.Response(status_code=status, headers=headers))
-        + conn.send(h11.Data(data=body))
-        + conn.send(h11.EndOfMessage())
+    head = f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nServer: relay\r\n" + (
+        "Connection: close\r\n\r\n" if close else "\r\n"
     )
+    status_line = _STATUS_LINES.get(status) or f"HTTP/1.1 {status} \r\n".encode()
+    return status_line + head.encode() + body
 
 
 async def open_tcp_listeners(listen: str) -> list[trio.SocketListener]:

@@ -1,0 +1,166 @@
+"""HTTP/1.1 message framing (RFC 9112), shared by the ingest server and the delivery client.
+
+Why not h11: measured here, h11 costs ~100 µs of CPU per request on each side, and at saturation
+it was the largest single item in the relay's profile (47% of the delivery side, 58% of ingest
+with single-event requests). relay speaks a narrow HTTP: small JSON in, small answers out. So
+heads are found with ``bytes.find`` and split once; bodies are framed by Content-Length, chunked
+encoding, or (answers only) the connection's end. What this module does not accept, it refuses
+loudly (``ProtocolError``), never guesses: both Content-Length and Transfer-Encoding, a transfer
+coding other than chunked, a header without a colon or with space before it, obsolete line
+folding, oversized heads.
+"""
+
+from __future__ import annotations
+
+import re
+
+import trio
+
+READ_SIZE = 65536
+MAX_HEAD = 64 * 1024
+MAX_HEADERS = 100
+_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+\Z")
+
+
+class ProtocolError(Exception):
+    """The peer's message is not HTTP/1.1 as relay reads it; ``status`` is the answer a server
+    gives to it."""
+
+    def __init__(self, message: str, status: int = 400):
+        self.status = status
+        super().__init__(message)
+
+
+class Closed(ConnectionError):
+    """The peer closed the connection cleanly before a new message began."""
+
+
+class HTTPStream:
+    """A byte stream with a read buffer, and the framing operations both sides need."""
+
+    def __init__(self, stream: trio.abc.Stream):
+        self.stream = stream
+        self.buffer = bytearray()
+        if isinstance(stream, trio.SocketStream):
+            # The socket itself, not the stream's wrapper: a context manager and a conflict
+            # detector less per call, measurable at thousands of requests a second.
+            self._socket = stream.socket
+            self.send_all = self._socket_send_all
+            self._receive_some = self._socket.recv
+        else:
+            self.send_all = stream.send_all
+            self._receive_some = stream.receive_some
+
+    async def _socket_send_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[await self._socket.send(view) :]
+
+    async def fill(self) -> None:
+        data = await self._receive_some(READ_SIZE)
+        if not data:
+            raise ConnectionError("the connection closed in the middle of a message")
+        self.buffer += data
+
+    async def read_head(self) -> tuple[bytes, dict[bytes, bytes]]:
+        """The start line and the headers (names lowercased) of the next message.
+
+        Raises ``Closed`` if the peer closes before sending a byte of it.
+        """
+        while (end := self.buffer.find(b"\r\n\r\n")) < 0:
+            if len(self.buffer) > MAX_HEAD:
+                raise ProtocolError("message head too large", 431)
+            data = await self._receive_some(READ_SIZE)
+            if not data:
+                if self.buffer.strip():
+                    raise ConnectionError("the connection closed in the middle of a message")
+                raise Closed
+            self.buffer += data
+        if end > MAX_HEAD:
+            raise ProtocolError("message head too large", 431)
+        lines = bytes(self.buffer[:end]).split(b"\r\n")
+        del self.buffer[: end + 4]
+        while lines and not lines[0]:  # RFC 9112 2.2: ignore empty lines before a request
+            lines.pop(0)
+        if not lines:
+            raise ProtocolError("empty message head")
+        if len(lines) > MAX_HEADERS + 1:
+            raise ProtocolError("too many header lines", 431)
+        headers: dict[bytes, bytes] = {}
+        for line in lines[1:]:
+            name, colon, value = line.partition(b":")
+            if not colon or not _TOKEN.match(name):
+                raise ProtocolError("malformed header line")
+            name = name.lower()
+            value = value.strip(b" \t")
+            if name in headers:
+                if name == b"content-length" and headers[name] != value:
+                    raise ProtocolError("conflicting Content-Length headers")
+                value = headers[name] + b", " + value
+            headers[name] = value
+        return lines[0], headers
+
+    def body_length(self, headers: dict[bytes, bytes]) -> int | None:
+        """Content-Length as an int; None when the body is chunked. Refuses what is ambiguous
+        (RFC 9112 6.3: both headers is how requests get smuggled)."""
+        encoding = headers.get(b"transfer-encoding")
+        length = headers.get(b"content-length")
+        if encoding is not None:
+            if length is not None:
+                raise ProtocolError("both Content-Length and Transfer-Encoding")
+            if encoding.lower() != b"chunked":
+                raise ProtocolError("only the chunked transfer coding is supported", 501)
+            return None
+        if length is None:
+            return 0
+        if not length.isdigit():
+            raise ProtocolError("bad Content-Length")
+        return int(length)
+
+    async def read_exactly(self, size: int) -> bytes:
+        while len(self.buffer) < size:
+            await self.fill()
+        data = bytes(self.buffer[:size])
+        del self.buffer[:size]
+        return data
+
+    async def read_chunked(self, limit: int) -> tuple[bytes, bool]:
+        """A chunked body, and whether it was read whole: past ``limit`` bytes reading stops."""
+        chunks, size = [], 0
+        while True:
+            line = await self._read_line()
+            try:
+                chunk = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise ProtocolError("bad chunk size") from None
+            if chunk == 0:
+                while await self._read_line():  # trailer fields, up to the empty line
+                    pass
+                return b"".join(chunks), True
+            size += chunk
+            if size > limit:
+                return b"".join(chunks), False
+            chunks.append(await self.read_exactly(chunk))
+            if await self.read_exactly(2) != b"\r\n":
+                raise ProtocolError("chunk not followed by CRLF")
+
+    async def _read_line(self) -> bytes:
+        while (end := self.buffer.find(b"\r\n")) < 0:
+            if len(self.buffer) > MAX_HEAD:
+                raise ProtocolError("line too long")
+            await self.fill()
+        line = bytes(self.buffer[:end])
+        del self.buffer[: end + 2]
+        return line
+
+    async def read_to_close(self, limit: int) -> bytes:
+        """A body that ends when the connection does (answers without framing)."""
+        try:
+            while len(self.buffer) <= limit:
+                await self.fill()
+        except ConnectionError:
+            pass
+        return bytes(self.buffer[:limit])
+
+    async def aclose(self) -> None:
+        await trio.aclose_forcefully(self.stream)
