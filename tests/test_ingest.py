@@ -142,3 +142,59 @@ async def test_a_stale_socket_file_is_replaced(start_relay, receiver, tmp_path):
     transport = httpx.AsyncHTTPTransport(uds=str(sock))
     async with httpx.AsyncClient(transport=transport, base_url="http://relay") as client:
         assert (await client.get("/healthz")).status_code == 200
+
+
+async def raw_exchange(running, data: bytes) -> bytes:
+    """Send ``data`` as is; everything the relay answers until it closes or goes quiet."""
+    host, port = running.url.removeprefix("http://").rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    answer = b""
+    async with stream:
+        await stream.send_all(data)
+        with trio.move_on_after(1):
+            while chunk := await stream.receive_some(65536):
+                answer += chunk
+    return answer
+
+
+def request(body: bytes, *extra: bytes) -> bytes:
+    head = [b"POST /events HTTP/1.1", b"Host: relay", b"Content-Type: application/json", *extra]
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+async def test_pipelined_chunked_and_expect_continue_requests(running):
+    event = json.dumps(STATUS).encode()
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(event), event)
+    answer = await raw_exchange(
+        running,
+        request(event, b"Content-Length: %d" % len(event))
+        + request(chunked, b"Transfer-Encoding: chunked")
+        + request(event, b"Content-Length: %d" % len(event), b"Expect: 100-continue"),
+    )
+    assert answer.count(b"HTTP/1.1 202 Accepted") == 3
+    assert b"HTTP/1.1 100 Continue" in answer
+    assert journaled(running) == (3, 3)
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (request(b"{}", b"Content-Length: 2", b"Transfer-Encoding: chunked"), b"400"),
+        (request(b"{}", b"Transfer-Encoding: gzip"), b"501"),
+        (request(b"{}", b"Content-Length: 2", b"Content-Length: 3"), b"400"),
+        (request(b"{}", b"Content-Length: 2", b"Bad Header : x"), b"400"),
+        (request(b"", b"X-Big: " + b"x" * 70_000), b"431"),
+    ],
+)
+async def test_ambiguous_or_oversized_requests_are_refused(running, data, status):
+    answer = await raw_exchange(running, data)
+    assert answer.startswith(b"HTTP/1.1 " + status)
+    assert b"Connection: close" in answer
+    assert journaled(running) == (0, 0)
+
+
+async def test_http_1_0_gets_its_answer_and_the_connection_closes(running):
+    event = json.dumps(STATUS).encode()
+    data = request(event, b"Content-Length: %d" % len(event)).replace(b"HTTP/1.1", b"HTTP/1.0", 1)
+    answer = await raw_exchange(running, data)
+    assert answer.startswith(b"HTTP/1.1 202") and b"Connection: close" in answer
