@@ -19,7 +19,7 @@ from collections.abc import Iterable
 import pluggy
 import trio
 
-from relay.attempt import attempt
+from relay.attempt import Attempts
 from relay.clock import Clock
 from relay.config import Config, Webhook
 from relay.journal import Journal
@@ -164,9 +164,8 @@ class Dispatcher:
         clock: Clock,
     ):
         self.config = config
-        self.pm = pm
         self.components = components
-        self.transports = transports
+        self.attempts = Attempts(pm, components, transports)
         self.journal = journal
         self.clock = clock
         self.lanes = {w.id: Lane(w, config.relay.queue) for w in config.webhooks}
@@ -231,15 +230,8 @@ class Dispatcher:
     async def deliver(self, webhook: Webhook, delivery: Delivery) -> None:
         delivery = Delivery(delivery.id, delivery.webhook_id, delivery.event, delivery.attempts + 1)
         started_at = self.clock.now()
-        request, outcome = await attempt(
-            self.pm, self.components, self.transports, webhook, delivery
-        )
-        try:
-            self.pm.hook.attempt_finished(
-                webhook=webhook, delivery=delivery, request=request, outcome=outcome
-            )
-        except Exception:  # noqa: BLE001 - an observer must not lose the outcome
-            log.exception("attempt_finished hook failed")
+        request, outcome = await self.attempts(webhook, delivery)
+        self.attempts.finished(webhook, delivery, request, outcome)
         next_at = None
         if not outcome.ok and not outcome.permanent:
             delay = self._retry_delay(webhook, delivery, outcome)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from attrs import evolve, field, frozen
+from attrs import field, frozen
 
 
 @frozen
@@ -52,7 +52,7 @@ class Request:
         """A copy with ``pairs`` added, replacing headers of the same names."""
         names = {name.lower() for name, _ in pairs}
         kept = tuple(h for h in self.headers if h[0].lower() not in names)
-        return evolve(self, headers=kept + tuple(pairs))
+        return Request(self.method, self.url, kept + tuple(pairs), self.body)
 
     def header(self, name: str) -> str | None:
         name = name.lower()
