@@ -13,7 +13,7 @@ import pluggy
 import trio
 
 from relay.config import Webhook
-from relay.model import Delivery, Outcome, PermanentFailure, Request
+from relay.model import Delivery, Outcome, PermanentFailure, Request, Response
 from relay.plugins import Components
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,9 @@ class Attempts:
                 return request, Outcome(duration=elapsed(), error=str(e), permanent=True)
             except Exception as e:  # noqa: BLE001 - a failed send is an outcome, not a crash
                 return request, Outcome(duration=elapsed(), error=_describe_send_error(e))
+            if not isinstance(response, Response):
+                error = f"transport {webhook.transport!r} returned {type(response).__name__}"
+                return request, Outcome(duration=elapsed(), error=error)
         if scope.cancelled_caught:
             return request, Outcome(
                 duration=elapsed(), error=f"no response within {webhook.timeout:g} s"
@@ -87,6 +90,9 @@ class Attempts:
             except Exception as e:  # noqa: BLE001
                 raise PluginFailed(f"plugin {plugin} (render_request)", e) from e
             if request is not None:
+                if not isinstance(request, Request):
+                    error = TypeError(f"returned {type(request).__name__}, not a Request")
+                    raise PluginFailed(f"plugin {plugin} (render_request)", error)
                 break
         else:
             raise PermanentFailure(f"no plugin renders a request for webhook {webhook.id!r}")

@@ -17,6 +17,7 @@ import trio
 
 from relay import config as config_module
 from relay import webhooks_cli
+from relay.journal import JournalError
 from relay.plugins import Components, PluginError, make_plugin_manager
 
 
@@ -68,12 +69,17 @@ def cmd_run(args) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    log = logging.getLogger("relay")
+    status = 0
     try:
         trio.run(serve, Relay(config, pm, components))
-    except OSError as e:
-        logging.getLogger("relay").error("cannot start: %s", e)
-        return 1
-    return 0
+    except* OSError as group:
+        log.error("cannot start: %s", _first(group))
+        status = 1
+    except* JournalError as group:
+        log.error("stopping: %s", _first(group))
+        status = 1
+    return status
 
 
 def cmd_reload(args) -> int:
@@ -168,6 +174,13 @@ def cmd_plugins(args) -> int:
         if provides:
             print(f"  provides: {', '.join(provides)}")
     return 0
+
+
+def _first(error: BaseException) -> BaseException:
+    """The first exception inside nested exception groups (what trio's nurseries raise)."""
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
 
 
 COMMANDS = {

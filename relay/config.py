@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import re
-import sys
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, get_type_hints
@@ -22,11 +22,6 @@ from attrs import field, frozen
 from cattrs.gen import make_dict_structure_fn, override
 
 from relay import templates
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 PLACEHOLDER_OPEN = "@{{"
 
@@ -315,6 +310,8 @@ def load(path: str | Path) -> Config:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError([f"{path.name}: cannot read: {e.strerror}"]) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"{path.name}: not UTF-8 text (byte {e.start})"]) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

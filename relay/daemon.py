@@ -43,6 +43,7 @@ class Relay:
         self._ingest_scope = trio.CancelScope()
         self._dispatch_scope: trio.CancelScope | None = None
         self._server: HTTPServer | None = None
+        self._recover_scope = trio.CancelScope()
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Serve until ``stop()``; ``task_status.started`` gets the addresses listened on."""
@@ -50,9 +51,9 @@ class Relay:
         self.clock = Clock()
         async with Journal.open(relay.state_dir, mode=relay.journal) as journal:
             self.journal = journal
-            recovered = await journal.recover(self.clock.now())
-            if recovered:
-                log.info("resuming %d deliveries the previous run had in flight", recovered)
+            # Read before taking events: newer rows are this run's own.
+            previous_run = await journal.last_rowid()
+            run_start = self.clock.now()  # before the scheduler's first claim: see _recover
             self.transports = transports = self._open_transports(self.config)
             try:
                 async with trio.open_nursery() as nursery:
@@ -60,23 +61,44 @@ class Relay:
                         self.config, self.pm, self.components, transports, journal, self.clock
                     )
                     self._dispatch_scope = await nursery.start(self._run_dispatcher)
+                    if self.stopping:  # a signal came while it started
+                        self._stop_dispatch()
+                    nursery.start_soon(self._recover, previous_run, run_start)
                     addresses = await nursery.start(self._run_ingest)
                     task_status.started(addresses)
             finally:
-                with trio.CancelScope(shield=True):
+                with trio.move_on_after(5, shield=True):  # a stuck close must not hang the exit
                     for transport in transports.values():
                         await transport.aclose()
+
+    async def _recover(self, previous_run: int, run_start: float) -> None:
+        """Resume what the previous run held in memory when it ended (kill -9, power loss).
+
+        In steps, beside the scheduler: rows up to ``previous_run`` untouched since
+        ``run_start`` are the previous run's; this run's own claims are newer."""
+        with self._recover_scope:
+            recovered = await self.journal.recover(
+                previous_run, run_start, wake=self.dispatcher.scheduler.wake
+            )
+        if self._recover_scope.cancelled_caught:
+            return  # stopping: the next run recovers what this one did not reach
+        if recovered:
+            log.info("resumed %d deliveries the previous run had in flight", recovered)
 
     def stop(self, grace: float | None = None) -> None:
         """Stop taking events; attempts in flight get ``grace`` seconds to finish."""
         if self.stopping:
             return
         self.stopping = True
-        grace = self.config.relay.grace if grace is None else grace
+        self._grace = self.config.relay.grace if grace is None else grace
         self._ingest_scope.cancel()
+        self._recover_scope.cancel()
+        self._stop_dispatch()
+
+    def _stop_dispatch(self) -> None:
         if self._dispatch_scope is not None:
             self.dispatcher.stop_intake()
-            self._dispatch_scope.deadline = trio.current_time() + grace
+            self._dispatch_scope.deadline = trio.current_time() + self._grace
 
     def status(self) -> dict:
         return {
@@ -135,12 +157,15 @@ class Relay:
         try:
             return True, self.reload()
         except ConfigError as e:
-            for line in e.errors:
-                log.error("reload rejected, the running configuration stays: %s", line)
-            return False, {
-                "error": "reload rejected; the running configuration stays",
-                "problems": e.errors,
-            }
+            problems = e.errors
+        except Exception as e:  # noqa: BLE001 - e.g. a plugin's transport failed to start
+            problems = [f"{type(e).__name__}: {e}"]
+        for line in problems:
+            log.error("reload rejected, the running configuration stays: %s", line)
+        return False, {
+            "error": "reload rejected; the running configuration stays",
+            "problems": problems,
+        }
 
     async def _run_dispatcher(self, *, task_status) -> None:
         with trio.CancelScope() as scope:
@@ -149,6 +174,7 @@ class Relay:
 
     async def _run_ingest(self, *, task_status) -> None:
         relay = self.config.relay
+        started = False
         with self._ingest_scope:
             listeners = []
             if relay.listen:
@@ -164,10 +190,13 @@ class Relay:
                     if listeners:
                         await nursery.start(server.serve, listeners)
                     task_status.started(addresses)
+                    started = True
                     await trio.sleep_forever()
             finally:
                 if relay.socket and listeners:
                     relay.socket.unlink(missing_ok=True)
+        if not started:  # stopped while starting
+            task_status.started([])
 
 
 def _count_tasks(task) -> int:

@@ -22,7 +22,7 @@ import trio
 from relay.attempt import Attempts
 from relay.clock import Clock
 from relay.config import Config, Webhook
-from relay.journal import Journal
+from relay.journal import Journal, JournalError
 from relay.model import Delivery
 from relay.plugins import Components
 
@@ -87,6 +87,7 @@ class Lane:
         if self._leftover:
             ids = [d.id for d in self._leftover]
             await dispatcher.journal.put_to_sleep(ids, dispatcher.clock.now())
+            dispatcher.scheduler.wake()  # they are due now: another lane may take them
 
     async def _work(self, dispatcher: Dispatcher) -> None:
         async for delivery in self._receive:
@@ -126,29 +127,37 @@ class Scheduler:
 
     async def run(self) -> None:
         while True:
-            self._wake = trio.Event()  # reset before looking, so no wake-up is missed
-            now = self.clock.now()
-            with_room = []
-            for webhook_id, lane in list(self.lanes.items()):  # a reload may change them
-                room = lane.room()
-                if room <= 0:
-                    lane.overflowed = True
-                    continue
-                claimed = await self.journal.claim_due(webhook_id, now, room)
-                # Ingest may have filled the lane while the journal was asked: what no longer
-                # fits goes back to sleep, due now, rather than be held nowhere.
-                no_room = lane.offer(claimed)
-                if no_room:
-                    await self.journal.put_to_sleep((d.id for d in no_room), now)
-                if len(claimed) == room:
-                    lane.overflowed = True  # there may be more: look again once it drains
-                else:
-                    with_room.append(webhook_id)
-            earliest = await self.journal.next_due(with_room) if with_room else math.inf
-            self._sleeping_until = earliest
-            with trio.move_on_at(self.clock.to_trio(earliest)):
-                await self._wake.wait()
-            self._sleeping_until = math.inf  # awake: every wake-up counts until the next sleep
+            try:
+                await self._pass()
+            except JournalError as e:  # a full disk, say: ingest answers 503 meanwhile
+                log.error("scheduler: the journal failed (%s); trying again in 1 s", e)
+                await trio.sleep(1)
+
+    async def _pass(self) -> None:
+        """Claim what is due for lanes with room, then sleep until the next due time."""
+        self._wake = trio.Event()  # reset before looking, so no wake-up is missed
+        now = self.clock.now()
+        with_room = []
+        for webhook_id, lane in list(self.lanes.items()):  # a reload may change them
+            room = lane.room()
+            if room <= 0:
+                lane.overflowed = True
+                continue
+            claimed = await self.journal.claim_due(webhook_id, now, room)
+            # Ingest may have filled the lane while the journal was asked: what no longer
+            # fits goes back to sleep, due now, rather than be held nowhere.
+            no_room = lane.offer(claimed)
+            if no_room:
+                await self.journal.put_to_sleep((d.id for d in no_room), now)
+            if len(claimed) == room:
+                lane.overflowed = True  # there may be more: look again once it drains
+            else:
+                with_room.append(webhook_id)
+        earliest = await self.journal.next_due(with_room) if with_room else math.inf
+        self._sleeping_until = earliest
+        with trio.move_on_at(self.clock.to_trio(earliest)):
+            await self._wake.wait()
+        self._sleeping_until = math.inf  # awake: every wake-up counts until the next sleep
 
 
 class Dispatcher:
@@ -260,7 +269,12 @@ class Dispatcher:
     def _retry_delay(self, webhook, delivery, outcome) -> float | None:
         policy = self.components.retry_policies[webhook.retry]
         try:
-            return policy(webhook, delivery.attempts, outcome)
+            delay = policy(webhook, delivery.attempts, outcome)
+            if delay is not None and (
+                isinstance(delay, bool) or not isinstance(delay, (int, float))
+            ):
+                raise TypeError(f"returned {type(delay).__name__}, not seconds or None")
+            return delay
         except Exception:  # noqa: BLE001
             log.exception(
                 "retry policy %r failed; retrying in %g s", webhook.retry, webhook.backoff.first

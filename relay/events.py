@@ -47,7 +47,7 @@ def parse(body: bytes, config: Config) -> list[Incoming]:
     """Parse one event object or an array of them; every problem is reported, none accepted."""
     try:
         is_array, items = _split(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, bad UTF-8, huge numbers, depth
         raise InvalidEvents([("", f"body is not valid JSON: {e}")], status=400) from None
     if not is_array and not isinstance(items[0][0], dict):
         raise InvalidEvents([("", "expected an event object or an array of them")])

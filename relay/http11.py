@@ -20,6 +20,8 @@ READ_SIZE = 65536
 MAX_HEAD = 64 * 1024
 MAX_HEADERS = 100
 _TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+\Z")
+_LENGTH = re.compile(rb"[0-9]{1,18}\Z")  # int() of 4,300+ digits raises; no body is that big
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,15}\Z")  # int(x, 16) alone takes "-1", "0x1", "1_0"
 
 
 class ProtocolError(Exception):
@@ -113,7 +115,7 @@ class HTTPStream:
             return None
         if length is None:
             return 0
-        if not length.isdigit():
+        if not _LENGTH.match(length):
             raise ProtocolError("bad Content-Length")
         return int(length)
 
@@ -128,11 +130,10 @@ class HTTPStream:
         """A chunked body, and whether it was read whole: past ``limit`` bytes reading stops."""
         chunks, size = [], 0
         while True:
-            line = await self._read_line()
-            try:
-                chunk = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise ProtocolError("bad chunk size") from None
+            size_text = (await self._read_line()).split(b";", 1)[0].strip(b" \t")
+            if not _CHUNK_SIZE.match(size_text):
+                raise ProtocolError("bad chunk size")
+            chunk = int(size_text, 16)
             if chunk == 0:
                 while await self._read_line():  # trailer fields, up to the empty line
                     pass

@@ -130,9 +130,20 @@ class Journal:
 
     # -- the scheduler's side ------------------------------------------------------------
 
-    async def recover(self, now: float) -> int:
-        """Make deliveries a dead relay held in memory due now; returns how many."""
-        return await self._call("recover", now)
+    async def last_rowid(self) -> int:
+        """Rows up to this one are older than this run (read it before taking events)."""
+        return await self._call("last_rowid")
+
+    async def recover(self, upto: int, run_start: float, *, step: int = 20_000, wake=None) -> int:
+        """Make deliveries a previous run held in memory (rowids up to ``upto``, untouched
+        since ``run_start``) due at once; returns how many. ``wake()`` after each step lets the
+        scheduler start on what was found so far."""
+        recovered = 0
+        for after in range(0, upto, step):
+            recovered += await self._call("recover", after, min(after + step, upto), run_start)
+            if wake is not None:
+                wake()
+        return recovered
 
     async def claim_due(self, webhook_id: str, now: float, limit: int) -> list[Delivery]:
         """Take up to ``limit`` deliveries to ``webhook_id`` due by ``now`` into memory."""
@@ -177,7 +188,18 @@ async def _commit_loop(writer, receive: trio.MemoryReceiveChannel) -> None:
             batch, owners = _merge(ops)
             # Never cancelled halfway: the writer must answer the batch it was sent.
             with trio.CancelScope(shield=True):
-                results = await writer.run(batch)
+                try:
+                    results = await writer.run(batch)
+                except (JournalError, trio.BrokenResourceError, OSError) as e:
+                    # The writer is gone: nothing more can be made durable. Fail what waits
+                    # (ingest answers 503: nothing acknowledged is lost), then stop the relay.
+                    for op in ops:
+                        op.error = "the journal writer failed"
+                        if op.done is not None:
+                            op.done.set()
+                    raise JournalError(
+                        f"the journal writer failed ({type(e).__name__}: {e})"
+                    ) from e
             for op_group, (ok, result) in zip(owners, results, strict=True):
                 for op in op_group:
                     if ok:

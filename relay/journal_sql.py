@@ -102,10 +102,20 @@ def put_to_sleep(conn, rows):
     conn.executemany("UPDATE deliveries SET next_at = ? WHERE id = ? AND state = 'pending'", rows)
 
 
-def recover(conn, now):
-    """Deliveries a dead relay held in memory become due ``now``; returns how many."""
+def last_rowid(conn):
+    """The newest delivery's rowid: what a relay that starts now may find orphaned."""
+    return conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM deliveries").fetchone()[0]
+
+
+def recover(conn, after, upto, run_start):
+    """Deliveries with rowids in ``(after, upto]`` that a dead relay held in memory become due
+    now; returns how many. Ranges of rowids, so that a large journal is recovered in short
+    steps and the first deliveries leave while the rest is still being looked at. Rows this
+    run touched already (claimed, attempted: ``updated_at`` since ``run_start``) are its own."""
     return conn.execute(
-        "UPDATE deliveries SET next_at = ? WHERE state = 'pending' AND next_at IS NULL", (now,)
+        "UPDATE deliveries SET next_at = ? WHERE rowid > ? AND rowid <= ?"
+        " AND state = 'pending' AND next_at IS NULL AND updated_at < ?",
+        (run_start, after, upto, run_start),
     ).rowcount
 
 
@@ -121,7 +131,10 @@ def claim_due(conn, webhook_id, now, limit):
         " ORDER BY d.next_at LIMIT ?",
         (webhook_id, now, limit),
     ).fetchall()
-    conn.executemany("UPDATE deliveries SET next_at = NULL WHERE id = ?", [(r[0],) for r in rows])
+    conn.executemany(
+        "UPDATE deliveries SET next_at = NULL, updated_at = ? WHERE id = ?",
+        [(now, r[0]) for r in rows],
+    )
     return rows
 
 
@@ -139,7 +152,8 @@ def next_due(conn, webhook_ids):
 
 
 OPERATIONS = {
-    op.__name__: op for op in (append, record_attempts, put_to_sleep, recover, claim_due, next_due)
+    op.__name__: op
+    for op in (append, record_attempts, put_to_sleep, last_rowid, recover, claim_due, next_due)
 }
 
 

@@ -59,6 +59,21 @@ async def test_bad_events_are_rejected_whole_and_nothing_is_journaled(
     assert journaled(running) == (0, 0)
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 100_000 + b"]" * 100_000,  # deeper than Python's recursion limit
+        b'{"event": "x", "payload": {"n": ' + b"9" * 5000 + b"}}",  # past int()'s digit limit
+    ],
+)
+async def test_json_python_cannot_hold_is_a_400_not_a_500(start_relay, receiver, body):
+    running = await start_relay([{"id": "crm", "url": receiver.url}])
+    response = await running.post(body)
+    assert response.status_code == 400
+    assert "body is not valid JSON" in response.json()["problems"][0]["reason"]
+    assert journaled(running) == (0, 0)
+
+
 async def test_wrong_content_type_is_415(running):
     response = await running.post(json.dumps(STATUS).encode(), content_type="text/plain")
     assert response.status_code == 415
@@ -184,6 +199,10 @@ async def test_pipelined_chunked_and_expect_continue_requests(running):
         (request(b"{}", b"Content-Length: 2", b"Content-Length: 3"), b"400"),
         (request(b"{}", b"Content-Length: 2", b"Bad Header : x"), b"400"),
         (request(b"", b"X-Big: " + b"x" * 70_000), b"431"),
+        (request(b"{}", b"Content-Length: " + b"1" * 5000), b"400"),
+        (request(b"-1\r\n\r\n0\r\n\r\n", b"Transfer-Encoding: chunked"), b"400"),
+        (request(b"0x2\r\n{}\r\n0\r\n\r\n", b"Transfer-Encoding: chunked"), b"400"),
+        (request(b"1_0\r\n{}\r\n0\r\n\r\n", b"Transfer-Encoding: chunked"), b"400"),
     ],
 )
 async def test_ambiguous_or_oversized_requests_are_refused(running, data, status):

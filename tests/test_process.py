@@ -1,8 +1,10 @@
 """The real daemon as a subprocess: kill -9 loses no acknowledged event; SIGTERM drains."""
 
 import json
+import os
 import signal
 import sqlite3
+from pathlib import Path
 
 import httpx
 import trio
@@ -94,3 +96,24 @@ async def test_sigterm_past_the_grace_keeps_the_delivery_for_the_next_run(tmp_pa
     finally:
         restarted.process.terminate()
         assert await restarted.wait() == 0
+
+
+async def test_a_dead_journal_writer_stops_the_relay_and_nothing_is_acknowledged(tmp_path, nursery):
+    from tests.conftest import start_receiver
+
+    receiver = await start_receiver(nursery)
+    daemon = await Daemon(write_config(tmp_path, receiver.url)).start()
+    tasks = Path(f"/proc/{daemon.process.pid}/task")
+    (writer,) = (
+        int(pid) for task in tasks.iterdir() for pid in (task / "children").read_text().split()
+    )
+    os.kill(writer, signal.SIGKILL)
+    async with httpx.AsyncClient(base_url=daemon.url) as client:
+        try:
+            response = await client.post("/events", json=STATUS)
+        except httpx.HTTPError:
+            pass  # the relay may be gone already
+        else:
+            assert response.status_code == 503
+    assert await daemon.wait() == 1
+    assert "stopping: the journal writer failed" in daemon.log.read_text()

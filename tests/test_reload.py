@@ -149,3 +149,35 @@ async def test_a_storm_of_sighups_leaves_one_config_and_no_leaked_tasks(tmp_path
     assert after["tasks"] == before["tasks"]
     assert (await post(daemon, STATUS)).status_code == 202
     await receiver.wait_for(1)
+
+
+async def test_removed_and_readded_while_deliveries_wait_in_its_queue(tmp_path, nursery, running):
+    receiver = await start_receiver(nursery)
+    receiver.hang = 1.5  # the first attempt holds the only worker; the rest wait in the queue
+    hook = webhook_toml("crm", receiver.url).replace("tries = 100", "tries = 100\nconcurrency = 1")
+    config = write_config(tmp_path, webhooks=hook)
+    daemon = await running(config)
+    assert (await post(daemon, [STATUS] * 3)).status_code == 202
+    await receiver.wait_for(1)
+    receiver.hang = 0
+
+    config.write_text(config.read_text().replace(hook, ""))
+    daemon.process.send_signal(signal.SIGHUP)
+    await wait_for_log(daemon, "removed: crm")
+    config.write_text(config.read_text() + hook)
+    daemon.process.send_signal(signal.SIGHUP)
+    requests = await receiver.wait_for(3, timeout=10)
+    assert len({r.headers["relay-delivery-id"] for r in requests}) == 3
+
+
+async def test_a_file_that_is_not_utf8_is_rejected_and_the_relay_keeps_serving(
+    tmp_path, nursery, running
+):
+    receiver = await start_receiver(nursery)
+    config = write_config(tmp_path, receiver.url)
+    daemon = await running(config)
+    config.write_bytes(config.read_bytes() + b"# caf\xe9\n")
+    daemon.process.send_signal(signal.SIGHUP)
+    await wait_for_log(daemon, "relay.toml: not UTF-8 text")
+    assert (await post(daemon, STATUS)).status_code == 202
+    await receiver.wait_for(1)
