@@ -159,6 +159,14 @@ def cmd_deliveries(args) -> int:
     return 0
 
 
+KIND_NAMES = {
+    "signers": "signer",
+    "transports": "transport",
+    "retry_policies": "retry policy",
+    "webhook_options": "webhook option",
+}
+
+
 def cmd_plugins(args) -> int:
     """list the plugins loaded, where from, and the hooks and names each provides"""
     config, pm, components = load(args.config)
@@ -166,7 +174,7 @@ def cmd_plugins(args) -> int:
         source = getattr(plugin, "__file__", None) or type(plugin).__module__
         hooks = sorted(caller.name for caller in pm.get_hookcallers(plugin) or ())
         provides = sorted(
-            f"{kind.removesuffix('s').replace('_', ' ')} {component}"
+            f"{KIND_NAMES[kind]} {component}"
             for (kind, component), owner in components.owners.items()
             if owner == name
         )
