@@ -14,6 +14,7 @@ import errno
 import http
 import json
 import logging
+import math
 import os
 import socket as stdlib_socket
 from collections.abc import Awaitable, Callable
@@ -27,7 +28,7 @@ from relay.http11 import Closed, HTTPStream, ProtocolError
 log = logging.getLogger(__name__)
 
 IDLE_TIMEOUT = 300.0  # a keep-alive connection may wait this long for its next request
-REQUEST_TIMEOUT = 30.0  # a started request must arrive whole within this
+REQUEST_TIMEOUT = 30.0  # a request's body must arrive whole within this, or the connection ends
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -54,11 +55,15 @@ class HTTPServer:
     async def _serve_connection(self, stream: trio.abc.Stream) -> None:
         io = HTTPStream(stream)
         try:
-            while True:
-                with trio.move_on_after(IDLE_TIMEOUT) as idle:
+            # One cancel scope bounds every wait of the connection, its deadline moved for each:
+            # a new scope per wait cost ~13 µs, a tenth of a single-event request. When a wait
+            # runs out (an idle client, a body that does not come), the connection closes.
+            with trio.CancelScope() as waits:
+                while True:
+                    waits.deadline = trio.current_time() + IDLE_TIMEOUT
                     start, headers = await io.read_head()
-                if idle.cancelled_caught or not await self._serve_request(io, start, headers):
-                    return
+                    if not await self._serve_request(io, start, headers, waits):
+                        return
         except Closed:
             pass  # between requests: the client is done
         except ProtocolError as e:
@@ -71,7 +76,9 @@ class HTTPServer:
         finally:
             await io.aclose()
 
-    async def _serve_request(self, io: HTTPStream, start: bytes, headers: dict) -> bool:
+    async def _serve_request(
+        self, io: HTTPStream, start: bytes, headers: dict, waits: trio.CancelScope
+    ) -> bool:
         """Serve one request; whether the connection stays open for another."""
         parts = start.split(b" ")
         if len(parts) != 3 or parts[2] not in (b"HTTP/1.1", b"HTTP/1.0"):
@@ -88,19 +95,16 @@ class HTTPServer:
             return False
         if length != 0 and headers.get(b"expect", b"").lower() == b"100-continue":
             await io.send_all(CONTINUE)
-        with trio.move_on_after(REQUEST_TIMEOUT) as late:
-            if length is None:
-                body, whole = await io.read_chunked(self.max_body)
-                if not whole:
-                    await io.send_all(_response(413, _too_large(self.max_body), close=True))
-                    return False
-            else:
-                body = await io.read_exactly(length)
-        if late.cancelled_caught:
-            await io.send_all(
-                _response(408, {"error": "request body not received in time"}, close=True)
-            )
-            return False
+        if length is None or len(io.buffer) < length:  # else it came with the head
+            waits.deadline = trio.current_time() + REQUEST_TIMEOUT
+        if length is None:
+            body, whole = await io.read_chunked(self.max_body)
+            if not whole:
+                await io.send_all(_response(413, _too_large(self.max_body), close=True))
+                return False
+        else:
+            body = await io.read_exactly(length)
+        waits.deadline = math.inf  # the handler waits for the journal: never cut that short
         path, _, query = target.decode("latin-1").partition("?")
         request = HTTPRequest(
             method=method.decode("ascii", "replace"),
