@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 FILENAME = journal_sql.FILENAME
 MAX_BATCH = 4096
+WRITER_TIMEOUT = 120.0  # seconds for one commit; past that the disk is not coming back
 QUEUE = 16384
 # Fire-and-forget writes of the same kind that follow each other are merged into one operation
 # (one executemany); writes someone waits for stay separate, so that one failing fails alone.
@@ -186,20 +187,21 @@ async def _commit_loop(writer, receive: trio.MemoryReceiveChannel) -> None:
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
             batch, owners = _merge(ops)
-            # Never cancelled halfway: the writer must answer the batch it was sent.
-            with trio.CancelScope(shield=True):
+            # Shielded: the writer must answer the batch it was sent, even while the relay is
+            # being cancelled; bounded: a writer that hangs (a dead disk) must not hang the exit.
+            # Without a writer nothing more can be made durable: what waits fails (ingest
+            # answers 503, so nothing acknowledged is lost), then the relay stops.
+            with trio.move_on_after(WRITER_TIMEOUT, shield=True) as late:
                 try:
                     results = await writer.run(batch)
                 except (JournalError, trio.BrokenResourceError, OSError) as e:
-                    # The writer is gone: nothing more can be made durable. Fail what waits
-                    # (ingest answers 503: nothing acknowledged is lost), then stop the relay.
-                    for op in ops:
-                        op.error = "the journal writer failed"
-                        if op.done is not None:
-                            op.done.set()
+                    _fail(ops, "the journal writer failed")
                     raise JournalError(
                         f"the journal writer failed ({type(e).__name__}: {e})"
                     ) from e
+            if late.cancelled_caught:
+                _fail(ops, "the journal writer did not answer")
+                raise JournalError(f"the journal writer did not answer in {WRITER_TIMEOUT:g} s")
             for op_group, (ok, result) in zip(owners, results, strict=True):
                 for op in op_group:
                     if ok:
@@ -210,6 +212,13 @@ async def _commit_loop(writer, receive: trio.MemoryReceiveChannel) -> None:
                         op.done.set()
                     elif not ok:
                         log.error("journal write failed: %s", result)
+
+
+def _fail(ops: list[_Op], error: str) -> None:
+    for op in ops:
+        op.error = error
+        if op.done is not None:
+            op.done.set()
 
 
 def _merge(ops: list[_Op]) -> tuple[list[tuple[str, tuple]], list[list[_Op]]]:
