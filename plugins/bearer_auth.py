@@ -18,18 +18,8 @@ from pathlib import Path
 
 from attrs import field, frozen
 
-from relay.config import FieldError
+from relay.config import validator
 from relay.hookspecs import hookimpl
-
-
-def _check(message_for):
-    """An attrs validator whose message lands on ``webhooks[i].bearer_auth.<field>``."""
-
-    def validate(instance, attribute, value):
-        if value is not None and (message := message_for(value)):
-            raise FieldError(attribute.name, message)
-
-    return validate
 
 
 def _env_problem(name: str) -> str | None:
@@ -48,8 +38,8 @@ def _file_problem(path: Path) -> str | None:
 
 @frozen
 class BearerAuth:
-    env: str | None = field(default=None, validator=_check(_env_problem))
-    file: Path | None = field(default=None, validator=_check(_file_problem))
+    env: str | None = field(default=None, validator=validator(_env_problem))
+    file: Path | None = field(default=None, validator=validator(_file_problem))
 
     def __attrs_post_init__(self):
         if (self.env is None) == (self.file is None):

@@ -28,7 +28,7 @@ import httpx
 import trio
 from attrs import field, frozen
 
-from relay.config import FieldError
+from relay.config import validator
 from relay.hookspecs import hookimpl
 
 REFRESH_BEFORE = 60.0  # seconds before expiry; half the lifetime for tokens shorter than 2 min
@@ -37,14 +37,6 @@ UNKNOWN_LIFETIME = 60.0  # when the endpoint does not say (expires_in is only RE
 
 class TokenError(Exception):
     """The token endpoint gave no usable token. Says why, never the secret or a token."""
-
-
-def _check(message_for):
-    def validate(instance, attribute, value):
-        if value is not None and (message := message_for(value)):
-            raise FieldError(attribute.name, message)
-
-    return validate
 
 
 def _url_problem(url: str) -> str | None:
@@ -64,14 +56,14 @@ def _timeout_problem(value: float) -> str | None:
 
 @frozen
 class OAuth2:
-    token_url: str = field(validator=_check(_url_problem))
+    token_url: str = field(validator=validator(_url_problem))
     client_id: str
     client_secret: str | None = field(default=None, repr=False)
-    client_secret_env: str | None = field(default=None, validator=_check(_env_problem))
+    client_secret_env: str | None = field(default=None, validator=validator(_env_problem))
     scope: str | None = None
     # RFC 6749 2.3.1: servers must support HTTP Basic; some only take the secret in the form.
     client_auth: Literal["basic", "post"] = "basic"
-    timeout: float = field(default=10.0, validator=_check(_timeout_problem))
+    timeout: float = field(default=10.0, validator=validator(_timeout_problem))
 
     def __attrs_post_init__(self):
         if (self.client_secret is None) == (self.client_secret_env is None):

@@ -42,8 +42,10 @@ class FieldError(ValueError):
         super().__init__(message)
 
 
-def _validator(check):
-    """Wrap ``check(value) -> message or None`` so its message lands on ``table.field``."""
+def validator(check):
+    """Wrap ``check(value) -> message or None`` into an attrs validator whose message lands on
+    ``table.field`` (``relay.toml: webhooks[0].url: ...``). Plugins use it for their option
+    tables too."""
 
     @functools.wraps(check)
     def validate(instance, attribute, value):
@@ -53,13 +55,13 @@ def _validator(check):
     return validate
 
 
-@_validator
+@validator
 def _positive(value):
     if not value > 0:
         return f"must be greater than 0, got {value!r}"
 
 
-@_validator
+@validator
 def _at_least_one(value):
     if value < 1:
         return f"must be at least 1, got {value!r}"
@@ -68,13 +70,13 @@ def _at_least_one(value):
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 
 
-@_validator
+@validator
 def _webhook_id(value):
     if not _ID.match(value):
         return "must be 1-128 letters, digits or '_.:-', starting with a letter or digit"
 
 
-@_validator
+@validator
 def _url(value):
     """Static scheme, host and port: no event can redirect a request to another host."""
     try:
@@ -90,7 +92,7 @@ def _url(value):
         return "has no host"
 
 
-@_validator
+@validator
 def _listen(value):
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
@@ -98,7 +100,7 @@ def _listen(value):
 
 
 def _one_of(*choices: str):
-    @_validator
+    @validator
     def check(value):
         if value not in choices:
             return f"must be one of {', '.join(choices)}, got {value!r}"
@@ -106,7 +108,7 @@ def _one_of(*choices: str):
     return check
 
 
-@_validator
+@validator
 def _jitter(value):
     if not 0 <= value <= 1:
         return f"must be a fraction between 0 and 1, got {value!r}"
