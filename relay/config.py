@@ -188,7 +188,7 @@ class RelaySettings:
     queue: int = field(default=1024, validator=_at_least_one)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     watch: bool = False  # reload when the file changes
-    # "process": SQLite in a writer process (default); "inline": on the relay's own thread.
+    # "process": SQLite in a writer process (default); "inline": on the relay's trio thread.
     journal: Literal["process", "inline"] = "process"
 
 

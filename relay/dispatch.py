@@ -1,7 +1,7 @@
 """Getting deliveries attempted: a lane per webhook, and a scheduler that wakes sleeping ones.
 
-Each webhook has its own lane: a bounded queue and at most ``concurrency`` attempts in flight,
-each attempt a task in the lane's nursery. A webhook that hangs fills its own lane and nothing
+Each webhook has its own lane: a bounded queue and ``concurrency`` workers in the lane's
+nursery, each making one attempt at a time. A webhook that hangs fills its own lane and nothing
 else; memory holds at most ``queue + concurrency`` deliveries per webhook, however large the
 backlog, because whatever finds no room stays asleep in the journal.
 

@@ -35,7 +35,7 @@ def register_transports(register):
     ``factory(config) -> transport`` is called once when relay starts. The transport owns its
     connections and has two async methods: ``send(webhook, request) -> Response``, which raises
     on a connection error (relay bounds it with the webhook's ``timeout`` and cancels it past that),
-    and ``aclose()``. Built in: ``"http"``, keep-alive HTTP/1.1 on h11.
+    and ``aclose()``. Built in: ``"http"``, keep-alive HTTP/1.1 (relay/http_client.py).
     """
 
 

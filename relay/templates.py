@@ -35,7 +35,7 @@ _TOKEN = re.compile(r"@\{\{|%([A-Za-z_][A-Za-z0-9_]*)%")
 _PATH = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\Z")
 _HEX2 = re.compile(r"[0-9A-Fa-f]{2}")
 _HEADER_NAME = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+\Z")
-# RFC 9110 field-value as h11 sends it: visible ASCII, space and tab; nothing h11 would refuse.
+# RFC 9110 field-value as the client sends it: visible ASCII, space and tab; nothing else.
 _HEADER_TEXT = re.compile(r"[\t\x20-\x7e]*\Z")
 _URL_TEXT = re.compile(r"[\x21-\x7e]*\Z")
 _TRANSPORT_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})

@@ -1,4 +1,4 @@
-"""The built-in ``"http"`` transport: keep-alive HTTP/1.1 over h11 (see relay/http_client.py)."""
+"""The built-in ``"http"`` transport: keep-alive HTTP/1.1 (see relay/http_client.py)."""
 
 from relay.hookspecs import hookimpl
 from relay.http_client import HTTPClient
