@@ -14,6 +14,7 @@ from relay import config as config_module
 from relay.daemon import Relay
 from relay.http_server import HTTPRequest, HTTPServer
 from relay.plugins import Components, make_plugin_manager
+from tests.daemon import kill_leftovers
 
 SEED = Path(__file__).parent / "seed_events.json"
 
@@ -53,6 +54,12 @@ async def start_receiver(nursery, receiver: Receiver | None = None) -> Receiver:
     host, port = listeners[0].socket.getsockname()[:2]
     receiver.url = f"http://{host}:{port}/hook"
     return receiver
+
+
+@pytest.fixture(autouse=True)
+def _no_daemon_left_behind():
+    yield
+    kill_leftovers()
 
 
 @pytest.fixture

@@ -38,6 +38,8 @@ grace = {grace}
 
 
 class Daemon:
+    running: list["Daemon"] = []  # what a failed test left behind is killed (conftest.py)
+
     def __init__(self, config: Path):
         self.config = config
         self.log = config.parent / "relay.log"
@@ -51,6 +53,7 @@ class Daemon:
             stdout=subprocess.DEVNULL,
             stderr=self.log.open("a"),
         )
+        Daemon.running.append(self)
         with trio.fail_after(15):
             while not (
                 found := re.search(r"taking events on (127\.0\.0\.1:\d+)", self.log.read_text())
@@ -63,3 +66,12 @@ class Daemon:
     async def wait(self, timeout: float = 20) -> int:
         with trio.fail_after(timeout):
             return await self.process.wait()
+
+
+def kill_leftovers() -> None:
+    """Kill daemons a test started and did not stop (it failed first); their journal writers
+    exit when their input closes."""
+    while Daemon.running:
+        process = Daemon.running.pop().process
+        if process.poll() is None:
+            process.kill()
