@@ -46,6 +46,7 @@ class Lane:
         self.stopped = False
         self._leftover: list[Delivery] = []
         self._nursery: trio.Nursery | None = None
+        self._dispatcher: Dispatcher | None = None  # set by run()
         # True when a delivery found no room: the scheduler must look in the journal again
         # once this lane has drained.
         self.overflowed = False
@@ -74,7 +75,7 @@ class Lane:
         """Match the workers to ``webhook.concurrency`` (after a reload)."""
         while self._nursery is not None and self.workers < self.webhook.concurrency:
             self.workers += 1
-            self._nursery.start_soon(self._work, self._dispatcher)
+            self._nursery.start_soon(self._work)
 
     async def run(self, dispatcher: Dispatcher) -> None:
         self._dispatcher = dispatcher
@@ -89,7 +90,8 @@ class Lane:
             await dispatcher.journal.put_to_sleep(ids, dispatcher.clock.now())
             dispatcher.scheduler.wake()  # they are due now: another lane may take them
 
-    async def _work(self, dispatcher: Dispatcher) -> None:
+    async def _work(self) -> None:
+        dispatcher = self._dispatcher
         async for delivery in self._receive:
             if self.stopped:
                 self._leftover.append(delivery)

@@ -19,7 +19,13 @@ import trio
 READ_SIZE = 65536
 MAX_HEAD = 64 * 1024
 MAX_HEADERS = 100
-_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+\Z")
+_TOKEN_TEXT = r"[-!#$%&'*+.^_`|~0-9A-Za-z]+\Z"  # RFC 9110 token: a header name
+# What relay may send, checked before anything is: text h11 or any strict peer would refuse,
+# or that could end a header line early (CR, LF, NUL), never goes out.
+HEADER_NAME = re.compile(_TOKEN_TEXT)
+HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*\Z")  # visible ASCII, space and tab
+REQUEST_TARGET = re.compile(r"[\x21-\x7e]*\Z")  # visible ASCII: no space, no control
+_TOKEN = re.compile(_TOKEN_TEXT.encode())
 _LENGTH = re.compile(rb"[0-9]{1,18}\Z")  # int() of 4,300+ digits raises; no body is that big
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,15}\Z")  # int(x, 16) alone takes "-1", "0x1", "1_0"
 

@@ -16,19 +16,16 @@ pool. Redirects are not followed: a 3xx is an answer like any other.
 
 from __future__ import annotations
 
-import re
 import ssl
 from collections import defaultdict, deque
 from urllib.parse import urlsplit
 
 import trio
 
-from relay.http11 import HTTPStream, ProtocolError
+from relay.http11 import HEADER_NAME, HEADER_VALUE, REQUEST_TARGET, HTTPStream, ProtocolError
 from relay.model import PermanentFailure, Request, Response
 
 USER_AGENT = "relay/0.1"
-_HEADER_NAME = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+\Z")
-_UNSENDABLE = re.compile(r"[^\t\x20-\x7e]")  # header values: visible ASCII, space, tab
 _NO_BODY_STATUSES = frozenset({204, 304})
 _TARGETS_CACHED = 4096
 
@@ -49,7 +46,7 @@ class Target:
         if port != default_port:
             host = f"{host}:{port}"
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        if _UNSENDABLE.search(path) or " " in path:
+        if not REQUEST_TARGET.match(path):
             raise PermanentFailure("the URL has characters that cannot be sent unencoded")
         self.head_start = (
             f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {USER_AGENT}\r\n".encode(
@@ -61,7 +58,7 @@ class Target:
 def encode_head(target: Target, request: Request) -> bytes:
     lines = []
     for name, value in request.headers:
-        if not _HEADER_NAME.match(name) or _UNSENDABLE.search(value):
+        if not HEADER_NAME.match(name) or not HEADER_VALUE.match(value):
             raise PermanentFailure(f"header {name!r} has characters that cannot be sent")
         lines.append(f"{name}: {value}\r\n")
     if request.body or request.method in ("POST", "PUT", "PATCH"):

@@ -28,16 +28,13 @@ from urllib.parse import quote, urlencode
 
 from attrs import field, frozen
 
+from relay.http11 import HEADER_NAME, HEADER_VALUE, REQUEST_TARGET
 from relay.model import PermanentFailure, Request
 
 SECRET_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _TOKEN = re.compile(r"@\{\{|%([A-Za-z_][A-Za-z0-9_]*)%")
 _PATH = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\Z")
 _HEX2 = re.compile(r"[0-9A-Fa-f]{2}")
-_HEADER_NAME = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+\Z")
-# RFC 9110 field-value as the client sends it: visible ASCII, space and tab; nothing else.
-_HEADER_TEXT = re.compile(r"[\t\x20-\x7e]*\Z")
-_URL_TEXT = re.compile(r"[\x21-\x7e]*\Z")
 _TRANSPORT_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -325,7 +322,7 @@ def _header_value(name: str, value: str) -> str:
     value = value.strip(" \t")  # optional whitespace around a value is not part of it
     if any(c in value for c in "\r\n\0"):
         raise RenderError(f"header {name}: the rendered value contains CR, LF or NUL; not sent")
-    if not _HEADER_TEXT.match(value):
+    if not HEADER_VALUE.match(value):
         raise RenderError(
             f"header {name}: the rendered value has non-ASCII or control characters, "
             "which an HTTP/1.1 header cannot carry; not sent"
@@ -404,7 +401,7 @@ def _compile_url(url: str, secrets, problems: Problems) -> Template | None:
             )
             return None
         if isinstance(part, Text):
-            if not _URL_TEXT.match(part.text):
+            if not REQUEST_TARGET.match(part.text):
                 problems.append(
                     ("url", "spaces, control and non-ASCII characters must be percent-encoded")
                 )
@@ -422,7 +419,7 @@ def _compile_headers(headers, multipart: bool, secrets, problems: Problems):
     for name, source in headers.items():
         place = f"headers.{_key(name)}"
         lowered = name.lower()
-        if not _HEADER_NAME.match(name):
+        if not HEADER_NAME.match(name):
             problems.append((place, "not a valid header name"))
             continue
         if lowered in seen:
@@ -444,7 +441,7 @@ def _compile_headers(headers, multipart: bool, secrets, problems: Problems):
             f"secret %{part.name}%" if isinstance(part, Secret) else "the text"
             for part in template.parts
             if isinstance(part, (Text, Secret))
-            and not _HEADER_TEXT.match(part.text if isinstance(part, Text) else part.value)
+            and not HEADER_VALUE.match(part.text if isinstance(part, Text) else part.value)
         ]
         if unsendable:
             problems.append((place, f"{unsendable[0]} has CR, LF, NUL, control or non-ASCII text"))
