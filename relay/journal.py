@@ -227,9 +227,12 @@ def _merge(ops: list[_Op]) -> tuple[list[tuple[str, tuple]], list[list[_Op]]]:
     owners: list[list[_Op]] = []
     for op in ops:
         if batch and op.name in MERGEABLE and batch[-1][0] == op.name:
-            name, args = batch[-1]
-            batch[-1] = (name, tuple(a + b for a, b in zip(args, op.args, strict=True)))
+            for rows, more in zip(batch[-1][1], op.args, strict=True):
+                rows.extend(more)  # linear in the batch, however many ops merge
             owners[-1].append(op)
+        elif op.name in MERGEABLE:  # fresh lists: the ops that merge in must not change op.args
+            batch.append((op.name, tuple(list(rows) for rows in op.args)))
+            owners.append([op])
         else:
             batch.append((op.name, op.args))
             owners.append([op])
