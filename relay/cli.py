@@ -62,6 +62,7 @@ def cmd_check(args) -> int:
 def cmd_run(args) -> int:
     """run the relay until SIGTERM or SIGINT"""
     from relay.daemon import Relay, serve
+    from relay.remote_dispatch import DeliveryProcessError
 
     config, pm, components = load(args.config)
     logging.basicConfig(
@@ -76,7 +77,7 @@ def cmd_run(args) -> int:
     except* OSError as group:
         log.error("cannot start: %s", _first(group))
         status = 1
-    except* JournalError as group:
+    except* (JournalError, DeliveryProcessError) as group:
         log.error("stopping: %s", _first(group))
         status = 1
     return status

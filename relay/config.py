@@ -190,6 +190,9 @@ class RelaySettings:
     watch: bool = False  # reload when the file changes
     # "process": SQLite in a writer process (default); "inline": on the relay's trio thread.
     journal: Literal["process", "inline"] = "process"
+    # "process": lanes, scheduler and attempts in a delivery process of their own (default);
+    # "inline": in the relay's own trio thread (tests on trio's MockClock need that).
+    delivery: Literal["process", "inline"] = "process"
 
 
 @frozen

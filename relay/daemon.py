@@ -21,11 +21,12 @@ from relay.events import Router
 from relay.http_server import HTTPServer, open_tcp_listeners, open_unix_listener
 from relay.journal import Journal
 from relay.plugins import Components
+from relay.remote_dispatch import EXIT_MARGIN, RemoteDispatcher
 
 log = logging.getLogger(__name__)
 
 # [relay] settings that a reload cannot change in a running relay.
-RESTART_KEYS = ("listen", "socket", "state_dir", "plugins", "plugins_dir")
+RESTART_KEYS = ("listen", "socket", "state_dir", "plugins", "plugins_dir", "journal", "delivery")
 
 
 class Relay:
@@ -49,26 +50,37 @@ class Relay:
         """Serve until ``stop()``; ``task_status.started`` gets the addresses listened on."""
         relay = self.config.relay
         self.clock = Clock()
+        self.transports = {}
         async with Journal.open(relay.state_dir, mode=relay.journal) as journal:
             self.journal = journal
             # Read before taking events: newer rows are this run's own.
             previous_run = await journal.last_rowid()
             run_start = self.clock.now()  # before the scheduler's first claim: see _recover
-            self.transports = transports = self._open_transports(self.config)
             try:
                 async with trio.open_nursery() as nursery:
-                    self.dispatcher = Dispatcher(
-                        self.config, self.pm, self.components, transports, journal, self.clock
-                    )
-                    self._dispatch_scope = await nursery.start(self._run_dispatcher)
+                    if relay.delivery == "process":
+                        self.dispatcher = RemoteDispatcher(self.config, journal, self.clock)
+                        self._dispatch_scope = trio.CancelScope()
+                        await nursery.start(self._run_remote, previous_run, run_start)
+                    else:
+                        self.transports = self.components.open_transports(self.config)
+                        self.dispatcher = Dispatcher(
+                            self.config,
+                            self.pm,
+                            self.components,
+                            self.transports,
+                            journal,
+                            self.clock,
+                        )
+                        self._dispatch_scope = await nursery.start(self._run_dispatcher)
+                        nursery.start_soon(self._recover, previous_run, run_start)
                     if self.stopping:  # a signal came while it started
                         self._stop_dispatch()
-                    nursery.start_soon(self._recover, previous_run, run_start)
                     addresses = await nursery.start(self._run_ingest)
                     task_status.started(addresses)
             finally:
                 with trio.move_on_after(5, shield=True):  # a stuck close must not hang the exit
-                    for transport in transports.values():
+                    for transport in self.transports.values():
                         await transport.aclose()
 
     async def _recover(self, previous_run: int, run_start: float) -> None:
@@ -96,7 +108,13 @@ class Relay:
         self._stop_dispatch()
 
     def _stop_dispatch(self) -> None:
-        if self._dispatch_scope is not None:
+        if self._dispatch_scope is None:
+            return
+        if isinstance(self.dispatcher, RemoteDispatcher):
+            # The process keeps the grace period itself; this only bounds a stuck one.
+            self.dispatcher.stop_intake(self._grace)
+            self._dispatch_scope.deadline = trio.current_time() + self._grace + EXIT_MARGIN
+        else:
             self.dispatcher.stop_intake()
             self._dispatch_scope.deadline = trio.current_time() + self._grace
 
@@ -108,11 +126,6 @@ class Relay:
             "tasks": _count_tasks(trio.lowlevel.current_root_task()),
         }
 
-    def _open_transports(self, config: Config, already: dict | None = None) -> dict:
-        """The transports ``config`` uses that are not open yet; each owns its connections."""
-        used = {w.transport for w in config.webhooks} - set(already or ())
-        return {name: self.components.transports[name](config) for name in used}
-
     def reload(self) -> dict:
         """Re-read the configuration file and apply it; raise ConfigError if it is invalid.
 
@@ -121,12 +134,12 @@ class Relay:
         themselves stay as they were: changing those needs a restart, and the answer says so.
         """
         new = self.components.bind(config_module.load(self.config.path))
-        transports = self._open_transports(new, self.transports)
+        if not isinstance(self.dispatcher, RemoteDispatcher):  # else the process opens them
+            self.transports.update(self.components.open_transports(new, self.transports))
         old = self.config
         restart_needed = [
             key for key in RESTART_KEYS if getattr(new.relay, key) != getattr(old.relay, key)
         ]
-        self.transports.update(transports)
         self.config = new
         self.router = Router(new.webhooks)
         if self._server is not None:
@@ -166,6 +179,10 @@ class Relay:
             "error": "reload rejected; the running configuration stays",
             "problems": problems,
         }
+
+    async def _run_remote(self, previous_run: int, run_start: float, *, task_status) -> None:
+        with self._dispatch_scope:
+            await self.dispatcher.run(previous_run, run_start, task_status=task_status)
 
     async def _run_dispatcher(self, *, task_status) -> None:
         with trio.CancelScope() as scope:

@@ -27,7 +27,6 @@ before it.
 from __future__ import annotations
 
 import logging
-import pickle
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -38,7 +37,7 @@ import trio
 from attrs import define, frozen
 
 from relay import journal_sql
-from relay.journal_process import HEADER, encode
+from relay.frames import FrameReader, encode
 from relay.model import Delivery, Event, Outcome
 
 log = logging.getLogger(__name__)
@@ -75,7 +74,14 @@ class Journal:
     @asynccontextmanager
     async def open(cls, state_dir: Path, *, mode: str = "process"):
         start = ProcessWriter.start if mode == "process" else InlineWriter.start
-        writer = await start(state_dir)
+        async with cls.running(await start(state_dir)) as journal:
+            yield journal
+
+    @classmethod
+    @asynccontextmanager
+    async def running(cls, writer):
+        """A journal whose batches go to ``writer`` (``await writer.run(batch)``): a writer
+        process, SQL inline, or the relay itself for the delivery process."""
         send, receive = trio.open_memory_channel(QUEUE)
         try:
             async with trio.open_nursery() as nursery:
@@ -163,6 +169,20 @@ class Journal:
         """When the earliest sleeping delivery to any of ``webhook_ids`` is due (inf: none)."""
         return await self._call("next_due", list(webhook_ids))
 
+    # -- for the delivery process --------------------------------------------------------
+
+    async def forward(self, batch: list[tuple[str, tuple]]) -> list[tuple[bool, object]]:
+        """Run a batch the delivery process's own committer made (relay/delivery_process.py);
+        its operations join this journal's queue, in order, and commit with ingest's."""
+        ops = [_Op(name, args, trio.Event()) for name, args in batch]
+        for op in ops:
+            await self._ops.send(op)
+        results = []
+        for op in ops:
+            await op.done.wait()
+            results.append((False, op.error) if op.error is not None else (True, op.result))
+        return results
+
     # -- plumbing --------------------------------------------------------------------------
 
     async def _submit(self, name: str, *args) -> None:
@@ -244,7 +264,7 @@ class ProcessWriter:
 
     def __init__(self, process: trio.Process):
         self.process = process
-        self._buffer = bytearray()
+        self._answers = FrameReader(process.stdout)
 
     @classmethod
     async def start(cls, state_dir: Path) -> ProcessWriter:
@@ -269,20 +289,12 @@ class ProcessWriter:
         return await self._receive()
 
     async def _receive(self):
-        size = None
-        while True:
-            if size is None and len(self._buffer) >= HEADER.size:
-                size = HEADER.unpack_from(self._buffer)[0]
-            if size is not None and len(self._buffer) >= HEADER.size + size:
-                frame = bytes(self._buffer[HEADER.size : HEADER.size + size])
-                del self._buffer[: HEADER.size + size]
-                return pickle.loads(frame)
-            data = await self.process.stdout.receive_some(1 << 20)
-            if not data:
-                raise JournalError(
-                    f"the journal writer exited (status {self.process.poll()}); see its stderr"
-                )
-            self._buffer += data
+        try:
+            return await self._answers.receive()
+        except EOFError:
+            raise JournalError(
+                f"the journal writer exited (status {self.process.poll()}); see its stderr"
+            ) from None
 
     async def aclose(self) -> None:
         """Close its input: it commits what it has and exits."""

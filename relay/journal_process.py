@@ -6,8 +6,8 @@ managed 2-4 calls a second beside one busy task (10,900 with none). A process ha
 interpreter: the relay sends it a batch over a pipe and gets the results back when the batch
 is committed and fsynced, whatever the relay's loop is doing meanwhile.
 
-Frames both ways are a 4-byte big-endian length and a pickle: a batch of ``(operation, args)``
-pairs in, a list of ``(ok, result or error text)`` out (see relay/journal_sql.py). The first
+Frames both ways are those of relay/frames.py: a batch of ``(operation, args)`` pairs in, a list
+of ``(ok, result or error text)`` out (see relay/journal_sql.py). The first
 frame out says whether the journal opened. The writer ends when its input closes: after the
 relay exits, even by kill -9, it finishes the batch it has, commits it, and exits.
 """
@@ -16,18 +16,11 @@ from __future__ import annotations
 
 import pickle
 import signal
-import struct
 import sys
 from pathlib import Path
 
 from relay import journal_sql
-
-HEADER = struct.Struct(">I")
-
-
-def encode(value) -> bytes:
-    data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-    return HEADER.pack(len(data)) + data
+from relay.frames import HEADER, encode
 
 
 def _read_exactly(stream, size: int) -> bytes | None:

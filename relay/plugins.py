@@ -116,6 +116,11 @@ class Components:
             owners=owners,
         )
 
+    def open_transports(self, config: Config, already: dict | None = None) -> dict:
+        """The transports ``config`` uses that are not open yet; each owns its connections."""
+        used = {w.transport for w in config.webhooks} - set(already or ())
+        return {name: self.transports[name](config) for name in used}
+
     def bind(self, config: Config) -> Config:
         """Check that every webhook names components that exist, and structure its option
         tables with the classes plugins registered; raise ConfigError naming each problem."""

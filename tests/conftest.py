@@ -86,7 +86,14 @@ class RunningRelay:
 
 
 def make_config(tmp_path: Path, webhooks: list[dict], **relay_settings) -> config_module.Config:
-    relay = {"listen": "127.0.0.1:0", "state_dir": str(tmp_path / "state"), **relay_settings}
+    # Delivery in this process: the relay runs in the test's trio run (its clock may be mocked,
+    # its plugins registered in code). tests/daemon.py runs the real process split.
+    relay = {
+        "listen": "127.0.0.1:0",
+        "state_dir": str(tmp_path / "state"),
+        "delivery": "inline",
+        **relay_settings,
+    }
     return config_module.parse(
         {"relay": relay, "webhooks": webhooks}, (tmp_path / "relay.toml").absolute()
     )

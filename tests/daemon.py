@@ -67,6 +67,20 @@ class Daemon:
         with trio.fail_after(timeout):
             return await self.process.wait()
 
+    def child(self, module: str) -> int:
+        """The pid of the relay's child process running ``python -m <module>``."""
+        return child_of(self.process.pid, module)
+
+
+def child_of(pid: int, module: str) -> int:
+    (found,) = (
+        int(child)
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for child in (task / "children").read_text().split()
+        if module.encode() in Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+    )
+    return found
+
 
 def kill_leftovers() -> None:
     """Kill daemons a test started and did not stop (it failed first); their journal writers

@@ -96,7 +96,11 @@ def start_composed(tmp_path, nursery):
 
     async def start(webhooks: list[dict], secrets: dict | None = None) -> RunningRelay:
         data = {
-            "relay": {"listen": "127.0.0.1:0", "state_dir": str(tmp_path / "state")},
+            "relay": {
+                "listen": "127.0.0.1:0",
+                "state_dir": str(tmp_path / "state"),
+                "delivery": "inline",  # as conftest's start_relay
+            },
             "webhooks": webhooks,
             "secrets": secrets or {},
         }

@@ -103,11 +103,7 @@ async def test_a_dead_journal_writer_stops_the_relay_and_nothing_is_acknowledged
 
     receiver = await start_receiver(nursery)
     daemon = await Daemon(write_config(tmp_path, receiver.url)).start()
-    tasks = Path(f"/proc/{daemon.process.pid}/task")
-    (writer,) = (
-        int(pid) for task in tasks.iterdir() for pid in (task / "children").read_text().split()
-    )
-    os.kill(writer, signal.SIGKILL)
+    os.kill(daemon.child("relay.journal_process"), signal.SIGKILL)
     async with httpx.AsyncClient(base_url=daemon.url) as client:
         try:
             response = await client.post("/events", json=STATUS)
@@ -117,3 +113,52 @@ async def test_a_dead_journal_writer_stops_the_relay_and_nothing_is_acknowledged
             assert response.status_code == 503
     assert await daemon.wait() == 1
     assert "stopping: the journal writer failed" in daemon.log.read_text()
+
+
+async def test_a_dead_delivery_process_stops_the_relay_and_the_next_run_delivers(tmp_path, nursery):
+    from tests.conftest import start_receiver
+
+    receiver = await start_receiver(nursery)
+    receiver.hang = 30.0  # the attempt is in flight when the delivery process dies
+    config = write_config(tmp_path, receiver.url)
+    daemon = await Daemon(config).start()
+    async with httpx.AsyncClient(base_url=daemon.url) as client:
+        assert (await client.post("/events", json=STATUS)).status_code == 202
+    await receiver.wait_for(1)
+    os.kill(daemon.child("relay.delivery_process"), signal.SIGKILL)
+    assert await daemon.wait() == 1
+    assert "stopping: the delivery process exited" in daemon.log.read_text()
+
+    receiver.hang = 0
+    restarted = await Daemon(config).start()
+    try:
+        requests = await receiver.wait_for(2)
+        assert json.loads(requests[1].body) == STATUS
+        assert requests[0].headers["relay-delivery-id"] == requests[1].headers["relay-delivery-id"]
+    finally:
+        restarted.process.terminate()
+        assert await restarted.wait() == 0
+
+
+async def test_kill_9_of_the_relay_ends_its_delivery_process(tmp_path, nursery):
+    from tests.conftest import start_receiver
+
+    receiver = await start_receiver(nursery)
+    receiver.hang = 30.0
+    daemon = await Daemon(write_config(tmp_path, receiver.url)).start()
+    async with httpx.AsyncClient(base_url=daemon.url) as client:
+        assert (await client.post("/events", json=STATUS)).status_code == 202
+    await receiver.wait_for(1)
+    delivery = daemon.child("relay.delivery_process")
+    daemon.process.kill()
+    assert await daemon.wait() == -signal.SIGKILL
+    with trio.fail_after(10):
+        while _alive(delivery):
+            await trio.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -1,0 +1,169 @@
+"""The relay's side of the delivery process (relay/delivery_process.py, which says why it is one).
+
+``RemoteDispatcher`` stands where the in-process ``Dispatcher`` stands: ingest calls
+``submit``, the relay ``reconfigure``, ``stop_intake`` and ``in_flight``. Behind them it starts
+the process, hands it what ingest journaled, runs its journal batches in the relay's committer,
+and waits for it to drain when the relay stops.
+
+Handing over never blocks ingest: deliveries wait in a bounded list for the pipe, and when the
+delivery process falls that far behind (it may: it is the one that yields the CPU) the rest go
+to sleep in the journal, due at once, and the process is told to look there.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Iterable
+
+import trio
+
+from relay.clock import Clock
+from relay.config import Config
+from relay.frames import FrameReader, encode
+from relay.journal import Journal
+from relay.model import Delivery
+
+log = logging.getLogger(__name__)
+
+PENDING_LIMIT = 8192  # deliveries waiting for the pipe; past that they sleep in the journal
+START_TIMEOUT = 60.0  # seconds to load the configuration and plugins
+EXIT_MARGIN = 5.0  # seconds past the grace period before a draining process is killed
+
+
+class DeliveryProcessError(Exception):
+    """The delivery process could not start, or exited while the relay was running."""
+
+
+class RemoteDispatcher:
+    def __init__(self, config: Config, journal: Journal, clock: Clock):
+        self.config = config
+        self.journal = journal
+        self.clock = clock
+        self.stopping = False
+        self._commands: list[tuple] = []
+        self._pending = 0
+        self._has_commands = trio.Event()
+        self._in_flight = 0
+
+    async def run(self, previous_run: int, run_start: float, *, task_status) -> None:
+        """Start the process; return when it has drained after ``stop_intake``. The process
+        itself recovers what the previous run held (rows up to ``previous_run``)."""
+        answers_read, answers_write = os.pipe()
+        try:
+            process = await trio.lowlevel.open_process(
+                [
+                    sys.executable,
+                    "-m",
+                    "relay.delivery_process",
+                    str(self.config.path.absolute()),
+                    str(previous_run),
+                    repr(run_start),
+                    str(answers_read),
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                pass_fds=(answers_read,),
+            )
+        except BaseException:
+            os.close(answers_write)
+            raise
+        finally:
+            os.close(answers_read)
+        answers = trio.lowlevel.FdStream(answers_write)
+        try:
+            events = FrameReader(process.stdout)
+            await self._started(events, process)
+            task_status.started()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._feed, process.stdin)
+                await self._serve(events, answers)
+                nursery.cancel_scope.cancel()
+            status = await process.wait()
+            if not self.stopping or status != 0:
+                raise DeliveryProcessError(
+                    f"the delivery process exited (status {status}); see the log above"
+                )
+        finally:
+            # Cancelled (a second signal, or past the grace period): it stops now, and the next
+            # run recovers what it held.
+            with trio.CancelScope(shield=True):
+                if process.poll() is None:
+                    process.kill()
+                    await process.wait()
+                await answers.aclose()
+                await process.stdin.aclose()
+                await process.stdout.aclose()
+
+    async def _started(self, events: FrameReader, process: trio.Process) -> None:
+        with trio.move_on_after(START_TIMEOUT):
+            try:
+                first = await events.receive()
+            except EOFError:
+                first = ("failed", f"it exited (status {await process.wait()})")
+            if first[0] != "ready":
+                raise DeliveryProcessError(f"the delivery process did not start: {first[1]}")
+            return
+        raise DeliveryProcessError(f"the delivery process did not start in {START_TIMEOUT:g} s")
+
+    async def _serve(self, events: FrameReader, answers: trio.lowlevel.FdStream) -> None:
+        """Its journal batches and reports, until it exits."""
+        while True:
+            try:
+                message = await events.receive()
+            except EOFError:
+                return
+            if message[0] == "journal":
+                results = await self.journal.forward(message[1])
+                try:
+                    await answers.send_all(encode(results))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass  # it died: the end of its output follows
+            elif message[0] == "in_flight":
+                self._in_flight = message[1]
+
+    async def _feed(self, stdin: trio.abc.SendStream) -> None:
+        while True:
+            await self._has_commands.wait()
+            self._has_commands = trio.Event()
+            commands, self._commands, self._pending = self._commands, [], 0
+            try:
+                await stdin.send_all(encode(commands))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return  # it died: _serve sees its output end
+
+    def _command(self, command: tuple) -> None:
+        self._commands.append(command)
+        self._has_commands.set()
+
+    # -- what the relay and ingest call, as on Dispatcher ---------------------------------
+
+    async def submit(self, deliveries: Iterable[Delivery]) -> None:
+        rows = [
+            (d.id, d.webhook_id, d.event.id, d.event.name, d.event.body, d.event.received_at)
+            for d in deliveries
+        ]
+        if not rows:
+            return
+        if self.stopping or self._pending + len(rows) > PENDING_LIMIT:
+            await self.journal.put_to_sleep((row[0] for row in rows), self.clock.now())
+            if not self.stopping:
+                self._command(("wake",))
+            return
+        self._pending += len(rows)
+        self._command(("deliver", rows))
+
+    def reconfigure(self, config: Config) -> None:
+        self.config = config
+        self._command(("reload",))
+
+    def stop_intake(self, grace: float) -> None:
+        """Start no more attempts; ``run`` returns once the process has drained, at most
+        ``grace`` seconds later."""
+        self.stopping = True
+        self._command(("stop", grace))
+
+    def in_flight(self) -> int:
+        return self._in_flight
