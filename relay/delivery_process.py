@@ -52,7 +52,7 @@ IN_FLIGHT_REPORT = 0.5  # seconds between reports of the attempts in flight, whe
 # delivery is durable and only waits. Measured with wrk, 16 single-event clients, receiver
 # nginx: at the same niceness as the relay the relay acked ~3,300-4,500 requests/s, every
 # process of the three idling on the others' wake-ups; at +10 ~6,500/s.
-NICENESS = 10
+NICENESS = 0
 
 
 class RelayGone(Exception):
