@@ -90,9 +90,23 @@ class Lane:
             await dispatcher.journal.put_to_sleep(ids, dispatcher.clock.now())
             dispatcher.scheduler.wake()  # they are due now: another lane may take them
 
+    async def _next(self) -> Delivery | None:
+        """The next queued delivery; None once the queue is closed. What is queued already is
+        taken without a trip through trio's scheduler (~5 µs an attempt)."""
+        try:
+            return self._receive.receive_nowait()
+        except trio.WouldBlock:
+            pass
+        except trio.EndOfChannel:
+            return None
+        try:
+            return await self._receive.receive()
+        except trio.EndOfChannel:
+            return None
+
     async def _work(self) -> None:
         dispatcher = self._dispatcher
-        async for delivery in self._receive:
+        while (delivery := await self._next()) is not None:
             if self.stopped:
                 self._leftover.append(delivery)
                 continue

@@ -3,7 +3,7 @@
 import pytest
 import trio
 
-from relay.http_client import HTTPClient
+from relay.http_client import HTTPClient, Target, encode_head
 from relay.model import PermanentFailure, Request
 
 
@@ -154,6 +154,15 @@ async def test_unsendable_header_values_fail_permanently_and_nothing_is_sent(ser
     with pytest.raises(PermanentFailure, match="X-Custom"):
         await HTTPClient().send(post(server, **{"X-Custom": value}))
     assert server.connections == 0
+
+
+@pytest.mark.parametrize("name", ["", "Bad Name", "X:Colon", "Caf\u00e9"])
+def test_unsendable_header_names_fail_permanently_among_good_ones(name):
+    request = Request(
+        method="POST", url="http://h/", headers=(("A", "1"), (name, "v"), ("B", "2")), body=b""
+    )
+    with pytest.raises(PermanentFailure, match="cannot be sent"):
+        encode_head(Target("http://h/", "POST"), request)
 
 
 async def test_garbage_answers_are_errors(serve):
