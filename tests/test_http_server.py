@@ -3,10 +3,15 @@ connection; a handler that takes long (waiting for the journal) is never cut sho
 
 from __future__ import annotations
 
+import json
+
+import h11
 import pytest
 import trio
 
 from relay import http_server
+from relay.api import ids_json
+from relay.events import new_id
 from tests.conftest import Receiver, start_receiver
 
 SHORT = 0.3  # the timeouts under test, in seconds
@@ -90,3 +95,20 @@ async def test_requests_on_one_connection_each_get_a_fresh_idle_timeout(served):
             while b"\r\n\r\n{}" not in answer:
                 answer += await stream.receive_some(65536)
             assert answer.startswith(b"HTTP/1.1 200 OK")
+
+
+@pytest.mark.parametrize("count", [0, 1, 3])
+def test_the_202_answer_is_the_json_of_its_ids(count):
+    ids = [new_id() for _ in range(count)]
+    assert ids_json(ids) == json.dumps({"ids": ids}).encode()
+
+
+@pytest.mark.parametrize(("status", "close"), [(202, False), (413, True), (599, False)])
+def test_answers_are_framed_with_their_length(status, close):
+    answer = h11.Connection(h11.CLIENT)
+    answer.send(h11.Request(method="GET", target="/", headers=[("Host", "x")]))
+    answer.receive_data(http_server._response(status, {"error": "é"}, close=close))
+    head, body = answer.next_event(), answer.next_event()
+    assert head.status_code == status
+    assert (b"connection", b"close") in head.headers or not close
+    assert json.loads(body.data) == {"error": "é"}
