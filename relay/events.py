@@ -101,6 +101,7 @@ def _problems(item: Any, at: str, config: Config) -> list[tuple[str, str]]:
 
 _DECODER = json.JSONDecoder()
 _SPACE = re.compile(r"[ \t\n\r]*")
+_SPACE_CHARS = frozenset(" \t\n\r")
 
 
 def _split(text: str) -> tuple[bool, list[tuple[Any, str]]]:
@@ -118,12 +119,19 @@ def _split(text: str) -> tuple[bool, list[tuple[Any, str]]]:
         at = _SPACE.match(text, start + 1).end()
         end = at + 1
         if not text.startswith("]", at):
+            # Per element, the C scanner without raw_decode's frame, and the regex only where
+            # there is white space to skip (compact JSON has none): ~0.9 µs per event less, of
+            # ~4 µs, measured on 100-event arrays.
+            scan = _DECODER.scan_once
             while True:
-                value, after = _DECODER.raw_decode(text, at)
+                try:
+                    value, after = scan(text, at)
+                except StopIteration as e:  # what raw_decode raises for it
+                    raise json.JSONDecodeError("Expecting value", text, e.value) from None
                 items.append((value, text[at:after]))
-                at = _SPACE.match(text, after).end()
+                at = _skip_space(text, after)
                 if text.startswith(",", at):
-                    at = _SPACE.match(text, at + 1).end()
+                    at = _skip_space(text, at + 1)
                 elif text.startswith("]", at):
                     end = at + 1
                     break
@@ -132,6 +140,10 @@ def _split(text: str) -> tuple[bool, list[tuple[Any, str]]]:
     if _SPACE.match(text, end).end() != len(text):
         raise json.JSONDecodeError("Extra data", text, end)
     return is_array, items
+
+
+def _skip_space(text: str, at: int) -> int:
+    return _SPACE.match(text, at).end() if text[at : at + 1] in _SPACE_CHARS else at
 
 
 def new_id() -> str:

@@ -59,3 +59,22 @@ def test_every_problem_of_an_event_is_named(item, problems):
     with pytest.raises(InvalidEvents) as raised:
         events.parse(body, Config())
     assert raised.value.problems == expected
+
+
+@pytest.mark.parametrize(
+    "text", ['[{"a": 1},{"b": [2, 3]}]', '[ {"a": 1} ,\n\t{"b": 2}\r\n]', "[ ]", '[\n"x"\n]']
+)
+def test_each_element_of_an_array_comes_with_its_exact_text(text):
+    is_array, items = events._split(text)
+    assert is_array and [value for value, _ in items] == json.loads(text)
+    assert [json.loads(part) for _, part in items] == json.loads(text)
+    assert all(part == part.strip() and part in text for _, part in items)
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [("[1 2]", "Expecting ',' delimiter"), ("[1,]", "Expecting value"), ("[1] x", "Extra data")],
+)
+def test_a_malformed_array_is_not_json(text, error):
+    with pytest.raises(json.JSONDecodeError, match=error):
+        events._split(text)
