@@ -19,9 +19,9 @@ import os
 import socket as stdlib_socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import trio
-from attrs import frozen
 
 from relay.http11 import Closed, HTTPStream, ProtocolError
 
@@ -29,11 +29,14 @@ log = logging.getLogger(__name__)
 
 IDLE_TIMEOUT = 300.0  # a keep-alive connection may wait this long for its next request
 REQUEST_TIMEOUT = 30.0  # a request's body must arrive whole within this, or the connection ends
+SWEEP_INTERVAL = 1.0  # how often expired waits are looked for: timeouts end up to 2 of these late
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-@frozen
-class HTTPRequest:
+class HTTPRequest(NamedTuple):
+    """One request, as a handler gets it. (A NamedTuple: immutable, and built in 0.6 µs where an
+    attrs frozen class took 1.6 µs.)"""
+
     method: str
     path: str
     headers: dict[str, str]
@@ -41,26 +44,64 @@ class HTTPRequest:
     query: str = ""
 
 
-Handler = Callable[[HTTPRequest], Awaitable[tuple[int, dict]]]
+# A handler answers a status and a dict to send as JSON, or bytes that are JSON text already.
+Handler = Callable[[HTTPRequest], Awaitable[tuple[int, dict | bytes]]]
+
+
+class _Waits:
+    """What a connection waits for, and until when: ``expires`` is a plain float on the
+    sweeper's coarse clock; past it, the sweeper cancels ``scope`` and the connection ends."""
+
+    __slots__ = ("scope", "expires")
+
+    def __init__(self, scope: trio.CancelScope, expires: float):
+        self.scope = scope
+        self.expires = expires
 
 
 class HTTPServer:
     def __init__(self, handler: Handler, *, max_body: int):
         self.handler = handler
         self.max_body = max_body
+        self._waits: set[_Waits] = set()
+        self._now = 0.0  # trio.current_time() at the last sweep
 
     async def serve(self, listeners, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        await trio.serve_listeners(self._serve_connection, listeners, task_status=task_status)
+        self._now = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._sweep)
+            await trio.serve_listeners(self._serve_connection, listeners, task_status=task_status)
+
+    async def _sweep(self) -> None:
+        """End the connections whose wait has run out (an idle client, a body that does not
+        come).
+
+        Why not a deadline on each connection's cancel scope: moving it twice per request (idle
+        before the head, none while the handler runs) cost ~7 µs of a ~100 µs single-event
+        request; storing a float costs nothing measurable. Timeouts of 30 s and 300 s need no
+        better precision than this sweep's.
+        """
+        while True:
+            self._now = now = trio.current_time()
+            for waits in self._waits:
+                if waits.expires < now:
+                    waits.scope.cancel()
+            await trio.sleep(SWEEP_INTERVAL)
+
+    def _expires(self, timeout: float) -> float:
+        # The coarse clock lags by up to one interval: add one, so no wait ends early.
+        return self._now + timeout + SWEEP_INTERVAL
 
     async def _serve_connection(self, stream: trio.abc.Stream) -> None:
         io = HTTPStream(stream)
+        waits = _Waits(trio.CancelScope(), 0.0)
+        self._waits.add(waits)
         try:
-            # One cancel scope bounds every wait of the connection, its deadline moved for each:
-            # a new scope per wait cost ~13 µs, a tenth of a single-event request. When a wait
-            # runs out (an idle client, a body that does not come), the connection closes.
-            with trio.CancelScope() as waits:
+            # One cancel scope bounds every wait of the connection; the sweeper cancels it when
+            # the wait in progress has run out, and the connection closes.
+            with waits.scope:
                 while True:
-                    waits.deadline = trio.current_time() + IDLE_TIMEOUT
+                    waits.expires = self._expires(IDLE_TIMEOUT)
                     start, headers = await io.read_head()
                     if not await self._serve_request(io, start, headers, waits):
                         return
@@ -74,10 +115,11 @@ class HTTPServer:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass  # the client went away
         finally:
+            self._waits.discard(waits)
             await io.aclose()
 
     async def _serve_request(
-        self, io: HTTPStream, start: bytes, headers: dict, waits: trio.CancelScope
+        self, io: HTTPStream, start: bytes, headers: dict, waits: _Waits
     ) -> bool:
         """Serve one request; whether the connection stays open for another."""
         parts = start.split(b" ")
@@ -96,7 +138,7 @@ class HTTPServer:
         if length != 0 and headers.get(b"expect", b"").lower() == b"100-continue":
             await io.send_all(CONTINUE)
         if length is None or len(io.buffer) < length:  # else it came with the head
-            waits.deadline = trio.current_time() + REQUEST_TIMEOUT
+            waits.expires = self._expires(REQUEST_TIMEOUT)
         if length is None:
             body, whole = await io.read_chunked(self.max_body)
             if not whole:
@@ -104,14 +146,14 @@ class HTTPServer:
                 return False
         else:
             body = await io.read_exactly(length)
-        waits.deadline = math.inf  # the handler waits for the journal: never cut that short
+        waits.expires = math.inf  # the handler waits for the journal: never cut that short
         path, _, query = target.decode("latin-1").partition("?")
-        request = HTTPRequest(
-            method=method.decode("ascii", "replace"),
-            path=path,
-            headers={k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items()},
-            body=body,
-            query=query,
+        request = HTTPRequest(  # positional: keywords cost 0.5 µs more
+            method.decode("ascii", "replace"),
+            path,
+            {k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items()},
+            body,
+            query,
         )
         try:
             status, payload = await self.handler(request)
@@ -129,13 +171,28 @@ def _too_large(limit: int) -> dict:
 _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in http.HTTPStatus}
 
 
-def _response(status: int, payload: dict, *, close: bool = False) -> bytes:
-    body = json.dumps(payload).encode()
-    head = f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nServer: relay\r\n" + (
-        "Connection: close\r\n\r\n" if close else "\r\n"
-    )
+def _head(status: int, close: bool) -> tuple[bytes, bytes]:
+    """An answer's head, split where its Content-Length goes."""
     status_line = _STATUS_LINES.get(status) or f"HTTP/1.1 {status} \r\n".encode()
-    return status_line + head.encode() + body
+    close_line = b"Connection: close\r\n" if close else b""
+    return (
+        status_line + b"Content-Type: application/json\r\nContent-Length: ",
+        b"\r\nServer: relay\r\n" + close_line + b"\r\n",
+    )
+
+
+_HEADS = {
+    (status, close): _head(status, close) for status in _STATUS_LINES for close in (False, True)
+}
+
+
+def _response(status: int, payload: dict | bytes, *, close: bool = False) -> bytes:
+    """The whole answer. ``payload`` as bytes is JSON text already (Api's 202): measured, a
+    json.dumps was 2.3 µs of the 3.9 µs this took, and formatting the head each time most of the
+    rest; now ~0.5 µs."""
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    before, after = _HEADS.get((status, close)) or _head(status, close)
+    return b"%b%d%b%b" % (before, len(body), after, body)
 
 
 async def open_tcp_listeners(listen: str) -> list[trio.SocketListener]:

@@ -1,0 +1,114 @@
+"""The ingest server's bounded waits: an idle connection, or a body that does not come, ends the
+connection; a handler that takes long (waiting for the journal) is never cut short."""
+
+from __future__ import annotations
+
+import json
+
+import h11
+import pytest
+import trio
+
+from relay import http_server
+from relay.api import ids_json
+from relay.events import new_id
+from tests.conftest import Receiver, start_receiver
+
+SHORT = 0.3  # the timeouts under test, in seconds
+
+
+@pytest.fixture
+def short_timeouts(monkeypatch):
+    monkeypatch.setattr(http_server, "IDLE_TIMEOUT", SHORT)
+    monkeypatch.setattr(http_server, "REQUEST_TIMEOUT", SHORT)
+    if hasattr(http_server, "SWEEP_INTERVAL"):
+        monkeypatch.setattr(http_server, "SWEEP_INTERVAL", SHORT / 4)
+
+
+def request(body: bytes = b"{}", length: int | None = None) -> bytes:
+    length = len(body) if length is None else length
+    return b"POST /hook HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (length, body)
+
+
+async def connect(receiver: Receiver) -> trio.SocketStream:
+    host, port = receiver.url.removeprefix("http://").split("/")[0].rsplit(":", 1)
+    return await trio.open_tcp_stream(host, int(port))
+
+
+async def read_until_closed(stream: trio.SocketStream, within: float) -> bytes:
+    """Everything the server sends until it closes; fails if it has not closed ``within``."""
+    answer = b""
+    with trio.fail_after(within):
+        while chunk := await stream.receive_some(65536):
+            answer += chunk
+    return answer
+
+
+@pytest.fixture
+async def served(nursery, short_timeouts) -> Receiver:
+    return await start_receiver(nursery)
+
+
+async def test_a_connection_that_sends_nothing_is_closed(served):
+    async with await connect(served) as stream:
+        started = trio.current_time()
+        assert await read_until_closed(stream, within=5) == b""
+        assert trio.current_time() - started >= SHORT * 0.9
+
+
+async def test_an_idle_keep_alive_connection_is_closed_after_its_answer(served):
+    async with await connect(served) as stream:
+        await stream.send_all(request())
+        answer = await read_until_closed(stream, within=5)
+    assert answer.startswith(b"HTTP/1.1 200 OK") and answer.count(b"HTTP/1.1") == 1
+
+
+async def test_a_body_that_does_not_come_whole_ends_the_connection(served):
+    async with await connect(served) as stream:
+        await stream.send_all(request(b"{}", length=100))
+        assert await read_until_closed(stream, within=5) == b""
+    assert served.requests == []
+
+
+async def test_a_chunked_body_that_stalls_ends_the_connection(served):
+    head = b"POST /hook HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n"
+    async with await connect(served) as stream:
+        await stream.send_all(head)
+        assert await read_until_closed(stream, within=5) == b""
+    assert served.requests == []
+
+
+async def test_a_handler_slower_than_the_timeouts_still_answers(nursery, short_timeouts):
+    receiver = await start_receiver(nursery, Receiver(hang=SHORT * 4))
+    async with await connect(receiver) as stream:
+        await stream.send_all(request())
+        answer = await read_until_closed(stream, within=10)
+    assert answer.startswith(b"HTTP/1.1 200 OK")
+
+
+async def test_requests_on_one_connection_each_get_a_fresh_idle_timeout(served):
+    async with await connect(served) as stream:
+        for _ in range(4):  # together longer than one timeout
+            await trio.sleep(SHORT / 2)
+            await stream.send_all(request())
+            answer = b""
+            while b"\r\n\r\n{}" not in answer:
+                answer += await stream.receive_some(65536)
+            assert answer.startswith(b"HTTP/1.1 200 OK")
+
+
+@pytest.mark.parametrize("count", [0, 1, 3])
+def test_the_202_answer_is_the_json_of_its_ids(count):
+    ids = [new_id() for _ in range(count)]
+    assert ids_json(ids) == json.dumps({"ids": ids}).encode()
+
+
+@pytest.mark.parametrize(("status", "close"), [(202, False), (413, True), (599, False)])
+def test_answers_are_framed_with_their_length(status, close):
+    answer = h11.Connection(h11.CLIENT)
+    answer.send(h11.Request(method="GET", target="/", headers=[("Host", "x")]))
+    answer.receive_data(http_server._response(status, {"error": "é"}, close=close))
+    head, body = answer.next_event(), answer.next_event()
+    assert head.status_code == status
+    assert (b"connection", b"close") in head.headers or not close
+    assert json.loads(body.data) == {"error": "é"}
