@@ -48,11 +48,6 @@ from relay.plugins import Components, PluginError, make_plugin_manager
 log = logging.getLogger(__name__)
 
 IN_FLIGHT_REPORT = 0.5  # seconds between reports of the attempts in flight, when it changed
-# When CPU is short, ingest goes first: the gateway waits for each acknowledgement, while a
-# delivery is durable and only waits. Measured with wrk, 16 single-event clients, receiver
-# nginx: at the same niceness as the relay the relay acked ~3,300-4,500 requests/s, every
-# process of the three idling on the others' wake-ups; at +10 ~6,500/s.
-NICENESS = 0
 
 
 class RelayGone(Exception):
@@ -181,7 +176,6 @@ def _load(path: Path):
 def main() -> int:
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
-    os.nice(NICENESS)
     config_path, previous_run, run_start, answers_fd = sys.argv[1:5]
     # The frames own stdin and stdout: a plugin's print() goes to stderr, never into a frame.
     commands_fd, out_fd = os.dup(0), os.dup(1)
