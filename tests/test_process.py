@@ -75,27 +75,10 @@ async def test_sigterm_lets_the_attempt_in_flight_finish_and_exits_0(tmp_path, n
 
 
 async def test_sigterm_past_the_grace_keeps_the_delivery_for_the_next_run(tmp_path, nursery):
-    from tests.conftest import start_receiver
-
-    receiver = await start_receiver(nursery)
-    receiver.hang = 30.0
-    config = write_config(tmp_path, receiver.url, grace=0.5)
-    daemon = await Daemon(config).start()
-    async with httpx.AsyncClient(base_url=daemon.url) as client:
-        assert (await client.post("/events", json=STATUS)).status_code == 202
-    await receiver.wait_for(1)
+    receiver, config, daemon = await one_attempt_in_flight(tmp_path, nursery, grace=0.5)
     daemon.process.send_signal(signal.SIGTERM)
     assert await daemon.wait(timeout=5) == 0
-
-    receiver.hang = 0
-    restarted = await Daemon(config).start()
-    try:
-        requests = await receiver.wait_for(2)
-        assert json.loads(requests[1].body) == STATUS
-        assert requests[0].headers["relay-delivery-id"] == requests[1].headers["relay-delivery-id"]
-    finally:
-        restarted.process.terminate()
-        assert await restarted.wait() == 0
+    await next_run_delivers_it_again(receiver, config)
 
 
 async def test_a_dead_journal_writer_stops_the_relay_and_nothing_is_acknowledged(tmp_path, nursery):
@@ -116,19 +99,39 @@ async def test_a_dead_journal_writer_stops_the_relay_and_nothing_is_acknowledged
 
 
 async def test_a_dead_delivery_process_stops_the_relay_and_the_next_run_delivers(tmp_path, nursery):
+    receiver, config, daemon = await one_attempt_in_flight(tmp_path, nursery)
+    os.kill(daemon.child("relay.delivery_process"), signal.SIGKILL)
+    assert await daemon.wait() == 1
+    assert "stopping: the delivery process exited" in daemon.log.read_text()
+    await next_run_delivers_it_again(receiver, config)
+
+
+async def test_kill_9_of_the_relay_ends_its_delivery_process(tmp_path, nursery):
+    _, _, daemon = await one_attempt_in_flight(tmp_path, nursery)
+    delivery = daemon.child("relay.delivery_process")
+    daemon.process.kill()
+    assert await daemon.wait() == -signal.SIGKILL
+    with trio.fail_after(10):
+        while _alive(delivery):
+            await trio.sleep(0.05)
+
+
+async def one_attempt_in_flight(tmp_path, nursery, **settings):
+    """A relay whose one delivery is being attempted (its receiver takes 30 s to answer)."""
     from tests.conftest import start_receiver
 
     receiver = await start_receiver(nursery)
-    receiver.hang = 30.0  # the attempt is in flight when the delivery process dies
-    config = write_config(tmp_path, receiver.url)
+    receiver.hang = 30.0
+    config = write_config(tmp_path, receiver.url, **settings)
     daemon = await Daemon(config).start()
     async with httpx.AsyncClient(base_url=daemon.url) as client:
         assert (await client.post("/events", json=STATUS)).status_code == 202
     await receiver.wait_for(1)
-    os.kill(daemon.child("relay.delivery_process"), signal.SIGKILL)
-    assert await daemon.wait() == 1
-    assert "stopping: the delivery process exited" in daemon.log.read_text()
+    return receiver, config, daemon
 
+
+async def next_run_delivers_it_again(receiver, config) -> None:
+    """The next run on ``config`` attempts that delivery again, with the same id."""
     receiver.hang = 0
     restarted = await Daemon(config).start()
     try:
@@ -138,23 +141,6 @@ async def test_a_dead_delivery_process_stops_the_relay_and_the_next_run_delivers
     finally:
         restarted.process.terminate()
         assert await restarted.wait() == 0
-
-
-async def test_kill_9_of_the_relay_ends_its_delivery_process(tmp_path, nursery):
-    from tests.conftest import start_receiver
-
-    receiver = await start_receiver(nursery)
-    receiver.hang = 30.0
-    daemon = await Daemon(write_config(tmp_path, receiver.url)).start()
-    async with httpx.AsyncClient(base_url=daemon.url) as client:
-        assert (await client.post("/events", json=STATUS)).status_code == 202
-    await receiver.wait_for(1)
-    delivery = daemon.child("relay.delivery_process")
-    daemon.process.kill()
-    assert await daemon.wait() == -signal.SIGKILL
-    with trio.fail_after(10):
-        while _alive(delivery):
-            await trio.sleep(0.05)
 
 
 def _alive(pid: int) -> bool:
