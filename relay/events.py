@@ -58,8 +58,7 @@ def parse(body: bytes, config: Config) -> list[Incoming]:
         if isinstance(item, dict):
             name, webhook_id = item.get("event"), item.get("webhook_id")
             if (
-                isinstance(name, str)
-                and name
+                _is_name(name)
                 and isinstance(item.get("payload"), dict)
                 and (webhook_id is None or _known(webhook_id, config))
             ):
@@ -69,6 +68,20 @@ def parse(body: bytes, config: Config) -> list[Incoming]:
     if problems:
         raise InvalidEvents(problems)
     return incoming
+
+
+def _is_name(name: Any) -> bool:
+    """A non-empty string that can be stored: JSON may spell a lone surrogate ("\\ud800"),
+    which no UTF-8 text (the journal's) can hold."""
+    if not isinstance(name, str) or not name:
+        return False
+    if name.isascii():
+        return True
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _known(webhook_id: Any, config: Config) -> bool:
@@ -86,6 +99,8 @@ def _problems(item: Any, at: str, config: Config) -> list[tuple[str, str]]:
         problems.append((f"{at}.event".lstrip("."), "missing"))
     elif not isinstance(name, str) or not name:
         problems.append((f"{at}.event".lstrip("."), "must be a non-empty string"))
+    elif not _is_name(name):
+        problems.append((f"{at}.event".lstrip("."), "must be Unicode text (a lone surrogate)"))
     if "payload" not in item:
         problems.append((f"{at}.payload".lstrip("."), "missing"))
     elif not isinstance(item["payload"], dict):

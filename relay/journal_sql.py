@@ -162,20 +162,26 @@ def run_batch(
 ) -> list[tuple[bool, object]]:
     """Run ``(operation, args)`` pairs in one transaction; ``(ok, result or error text)`` each.
 
-    If the transaction fails, each operation runs alone, so one bad operation fails alone.
+    If the transaction fails, each operation runs alone, so one bad operation fails alone. Not
+    only SQLite's errors: a value it cannot bind (text that is no UTF-8, say) raises something
+    else, and must fail its operation, not the writer.
     """
     try:
         return [(True, result) for result in _transaction(conn, batch)]
-    except sqlite3.Error as e:
+    except Exception as e:  # noqa: BLE001
         if len(batch) == 1:
-            return [(False, str(e))]
+            return [(False, _describe(e))]
     results = []
     for item in batch:
         try:
             results.append((True, _transaction(conn, [item])[0]))
-        except sqlite3.Error as e:
-            results.append((False, str(e)))
+        except Exception as e:  # noqa: BLE001
+            results.append((False, _describe(e)))
     return results
+
+
+def _describe(error: Exception) -> str:
+    return str(error) if isinstance(error, sqlite3.Error) else f"{type(error).__name__}: {error}"
 
 
 def _transaction(conn: sqlite3.Connection, batch) -> list:

@@ -46,6 +46,9 @@ STATUS = seed_events()[0]
             "no webhook 'nope'",
         ),
         (json.dumps({**STATUS, "webhook_id": 3}).encode(), 422, "webhook_id", "must be a string"),
+        # JSON can spell a lone surrogate; the journal (UTF-8) cannot store it. It once killed
+        # the journal writer, and with it the relay.
+        (b'{"event": "a\\ud800", "payload": {}}', 422, "event", "lone surrogate"),
     ],
 )
 async def test_bad_events_are_rejected_whole_and_nothing_is_journaled(
