@@ -167,6 +167,9 @@ class Relay:
 
     def try_reload(self) -> tuple[bool, dict]:
         """``reload()`` for signals and the API: an invalid file is logged, never raised."""
+        if self.stopping:  # a new lane would only keep the drain waiting for the grace period
+            log.warning("reload ignored: the relay is stopping")
+            return False, {"error": "the relay is stopping; reload ignored", "problems": []}
         try:
             return True, self.reload()
         except ConfigError as e:
@@ -183,6 +186,13 @@ class Relay:
     async def _run_remote(self, previous_run: int, run_start: float, *, task_status) -> None:
         with self._dispatch_scope:
             await self.dispatcher.run(previous_run, run_start, task_status=task_status)
+        if self._dispatch_scope.cancelled_caught:  # stopping, and grace + EXIT_MARGIN passed
+            log.warning(
+                "the delivery process did not stop within the grace period and was killed;"
+                " what it held resumes on the next run"
+            )
+            if not self.dispatcher.started:  # stopped while it was still starting
+                task_status.started()
 
     async def _run_dispatcher(self, *, task_status) -> None:
         with trio.CancelScope() as scope:

@@ -70,7 +70,7 @@ class RelayWriter:
         try:
             return await self.answers.receive()
         except EOFError:
-            raise JournalError("the relay exited") from None
+            raise RelayGone from None
 
     async def aclose(self) -> None:
         pass  # the pipes are the process's own; they close when it exits
@@ -202,11 +202,15 @@ def main() -> int:
     )
     worker = DeliveryWorker(config, pm, components)
     fds = (commands_fd, out_fd, int(answers_fd))
+    status = 0
     try:
         trio.run(worker.run, fds, int(previous_run), float(run_start))
-    except* (RelayGone, JournalError):
+    except* RelayGone:
         pass  # the relay exited first; the next run recovers what was in flight
-    return 0
+    except* JournalError as group:
+        log.error("delivery process: the journal failed: %s", group.exceptions[0])
+        status = 1
+    return status
 
 
 if __name__ == "__main__":

@@ -28,7 +28,9 @@ from relay.model import Delivery
 
 log = logging.getLogger(__name__)
 
-PENDING_LIMIT = 8192  # deliveries waiting for the pipe; past that they sleep in the journal
+# Deliveries waiting for the pipe; past either bound they sleep in the journal instead.
+PENDING_LIMIT = 8192
+PENDING_BYTES = 16 * 1024 * 1024
 START_TIMEOUT = 60.0  # seconds to load the configuration and plugins
 EXIT_MARGIN = 5.0  # seconds past the grace period before a draining process is killed
 
@@ -43,8 +45,9 @@ class RemoteDispatcher:
         self.journal = journal
         self.clock = clock
         self.stopping = False
+        self.started = False
         self._commands: list[tuple] = []
-        self._pending = 0
+        self._pending = self._pending_bytes = 0
         self._has_commands = trio.Event()
         self._in_flight = 0
 
@@ -66,6 +69,10 @@ class RemoteDispatcher:
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 pass_fds=(answers_read,),
+                # Its own session: a terminal's Ctrl-C or a signal to the relay's process group
+                # must not reach it, even while it imports (before it ignores them); the relay
+                # tells it when to stop.
+                start_new_session=True,
             )
         except BaseException:
             os.close(answers_write)
@@ -77,6 +84,7 @@ class RemoteDispatcher:
             events = FrameReader(process.stdout)
             await self._started(events, process)
             task_status.started()
+            self.started = True
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._feed, process.stdin)
                 await self._serve(events, answers)
@@ -128,7 +136,8 @@ class RemoteDispatcher:
         while True:
             await self._has_commands.wait()
             self._has_commands = trio.Event()
-            commands, self._commands, self._pending = self._commands, [], 0
+            commands, self._commands = self._commands, []
+            self._pending = self._pending_bytes = 0
             try:
                 await stdin.send_all(encode(commands))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -147,12 +156,18 @@ class RemoteDispatcher:
         ]
         if not rows:
             return
-        if self.stopping or self._pending + len(rows) > PENDING_LIMIT:
+        size = sum(len(row[4]) for row in rows)
+        if (
+            self.stopping
+            or self._pending + len(rows) > PENDING_LIMIT
+            or self._pending_bytes + size > PENDING_BYTES
+        ):
             await self.journal.put_to_sleep((row[0] for row in rows), self.clock.now())
-            if not self.stopping:
+            if not self.stopping and ("wake",) not in self._commands:
                 self._command(("wake",))
             return
         self._pending += len(rows)
+        self._pending_bytes += size
         self._command(("deliver", rows))
 
     def reconfigure(self, config: Config) -> None:

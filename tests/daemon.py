@@ -46,7 +46,8 @@ class Daemon:
         self.process: trio.Process | None = None
         self.url = ""
 
-    async def start(self) -> "Daemon":
+    async def launch(self) -> "Daemon":
+        """Start it; ``start()`` also waits until it takes events."""
         self.log.write_text("")
         self.process = await trio.lowlevel.open_process(
             [sys.executable, "-m", "relay", "run", "--config", str(self.config)],
@@ -54,6 +55,10 @@ class Daemon:
             stderr=self.log.open("a"),
         )
         Daemon.running.append(self)
+        return self
+
+    async def start(self) -> "Daemon":
+        await self.launch()
         with trio.fail_after(15):
             while not (
                 found := re.search(r"taking events on (127\.0\.0\.1:\d+)", self.log.read_text())

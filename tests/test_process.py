@@ -10,7 +10,7 @@ import httpx
 import trio
 
 from tests.conftest import seed_events
-from tests.daemon import Daemon, write_config
+from tests.daemon import Daemon, webhook_toml, write_config
 
 STATUS = seed_events()[0]
 
@@ -114,6 +114,32 @@ async def test_kill_9_of_the_relay_ends_its_delivery_process(tmp_path, nursery):
     with trio.fail_after(10):
         while _alive(delivery):
             await trio.sleep(0.05)
+
+
+async def test_sigterm_while_the_delivery_process_starts_exits_0(tmp_path):
+    plugins = tmp_path / "plugins"  # the default plugins_dir
+    plugins.mkdir()
+    (plugins / "slow.py").write_text(
+        "import sys, time\n"
+        "if sys.argv[0].endswith('delivery_process.py'):\n"
+        "    time.sleep(30)  # a heavy import, in the delivery process only\n"
+    )
+    daemon = await Daemon(write_config(tmp_path, "http://127.0.0.1:9/", grace=0.5)).launch()
+    await trio.sleep(1.5)
+    daemon.process.send_signal(signal.SIGTERM)
+    assert await daemon.wait(timeout=15) == 0, daemon.log.read_text()
+    assert "did not stop within the grace period" in daemon.log.read_text()
+
+
+async def test_a_reload_while_draining_is_ignored(tmp_path, nursery):
+    receiver, config, daemon = await one_attempt_in_flight(tmp_path, nursery, grace=20)
+    config.write_text(config.read_text() + webhook_toml("new", receiver.url))
+    daemon.process.send_signal(signal.SIGTERM)
+    daemon.process.send_signal(signal.SIGHUP)
+    # The attempt in flight ends at its 3 s timeout; a lane the reload had added would have
+    # kept the drain waiting for the whole 20 s grace period.
+    assert await daemon.wait(timeout=19) == 0
+    assert "reload ignored: the relay is stopping" in daemon.log.read_text()
 
 
 async def one_attempt_in_flight(tmp_path, nursery, **settings):
