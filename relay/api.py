@@ -29,7 +29,7 @@ class Api:
         if request.path == "/reload":
             if request.method != "POST":
                 return 405, {"error": "use POST /reload"}
-            ok, answer = self.relay.try_reload()
+            ok, answer = await self.relay.try_reload()
             return (200 if ok else 422), answer
         if request.path == "/healthz":
             if request.method != "GET":

@@ -311,12 +311,20 @@ def _format_exception(exc: BaseException, type_) -> str:
 def load(path: str | Path) -> Config:
     """Read and validate ``path``; raise ConfigError listing every problem found."""
     path = Path(path).absolute()
+    return loads(read_text(path), path)
+
+
+def read_text(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError([f"{path.name}: cannot read: {e.strerror}"]) from None
     except UnicodeDecodeError as e:
         raise ConfigError([f"{path.name}: not UTF-8 text (byte {e.start})"]) from None
+
+
+def loads(text: str, path: Path) -> Config:
+    """Validate ``text``, the content of ``path`` (relative paths in it are relative to it)."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

@@ -45,6 +45,7 @@ class Relay:
         self._dispatch_scope: trio.CancelScope | None = None
         self._server: HTTPServer | None = None
         self._recover_scope = trio.CancelScope()
+        self._reloading = trio.Lock()
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Serve until ``stop()``; ``task_status.started`` gets the addresses listened on."""
@@ -126,15 +127,22 @@ class Relay:
             "tasks": _count_tasks(trio.lowlevel.current_root_task()),
         }
 
-    def reload(self) -> dict:
+    async def reload(self) -> dict:
         """Re-read the configuration file and apply it; raise ConfigError if it is invalid.
 
         The new file is validated whole (with the plugins loaded at start) before anything
         changes, so an invalid one changes nothing. Listeners, the journal and the plugins
         themselves stay as they were: changing those needs a restart, and the answer says so.
         """
-        new = self.components.bind(config_module.load(self.config.path))
-        if not isinstance(self.dispatcher, RemoteDispatcher):  # else the process opens them
+        path = self.config.path
+        text = config_module.read_text(path)
+        new = self.components.bind(config_module.loads(text, path))
+        remote = isinstance(self.dispatcher, RemoteDispatcher)
+        if remote:
+            # The same text, which the delivery process applies or refuses (a transport that
+            # cannot open, say): refused there, nothing changes here either.
+            await self.dispatcher.reconfigure(new, text)
+        else:
             self.transports.update(self.components.open_transports(new, self.transports))
         old = self.config
         restart_needed = [
@@ -144,7 +152,8 @@ class Relay:
         self.router = Router(new.webhooks)
         if self._server is not None:
             self._server.max_body = new.relay.max_body
-        self.dispatcher.reconfigure(new)
+        if not remote:
+            self.dispatcher.reconfigure(new)
         before, after = {w.id for w in old.webhooks}, {w.id for w in new.webhooks}
         log.info(
             "reloaded %s: %d webhooks (added: %s; removed: %s)",
@@ -165,13 +174,18 @@ class Relay:
             "restart_needed": restart_needed,
         }
 
-    def try_reload(self) -> tuple[bool, dict]:
-        """``reload()`` for signals and the API: an invalid file is logged, never raised."""
+    async def try_reload(self) -> tuple[bool, dict]:
+        """``reload()`` for signals and the API, one at a time: an invalid file is logged, never
+        raised."""
+        async with self._reloading:
+            return await self._try_reload()
+
+    async def _try_reload(self) -> tuple[bool, dict]:
         if self.stopping:  # a new lane would only keep the drain waiting for the grace period
             log.warning("reload ignored: the relay is stopping")
             return False, {"error": "the relay is stopping; reload ignored", "problems": []}
         try:
-            return True, self.reload()
+            return True, await self.reload()
         except ConfigError as e:
             problems = e.errors
         except Exception as e:  # noqa: BLE001 - e.g. a plugin's transport failed to start
@@ -254,7 +268,7 @@ async def _watch_signals(signals, relay: Relay, everything: trio.CancelScope) ->
         name = signal.Signals(signum).name
         if signum == signal.SIGHUP:
             log.info("%s: reloading %s", name, relay.config.path.name)
-            relay.try_reload()
+            await relay.try_reload()
         elif relay.stopping:
             log.warning("%s again: stopping now", name)
             everything.cancel()
@@ -281,4 +295,4 @@ async def _watch_file(relay: Relay, interval: float = 1.0) -> None:
         if now is not None and now != seen:
             seen = now
             log.info("%s changed: reloading", path.name)
-            relay.try_reload()
+            await relay.try_reload()

@@ -13,13 +13,14 @@ more interpreter (~35 MB). ``[relay] delivery = "inline"`` keeps everything in o
 What crosses the pipes (frames of relay/frames.py):
 
 - stdin, from the relay: lists of commands: ``("deliver", rows)`` for deliveries just journaled,
-  ``("wake",)`` when the relay put some to sleep in the journal instead, ``("reload",)`` and
-  ``("stop", grace)``.
+  ``("wake",)`` when the relay put some to sleep in the journal instead, ``("reload", text)``
+  with the configuration's text the relay validated, and ``("stop", grace)``.
 - the answers pipe (its descriptor is an argument), from the relay: the results of this
   process's journal batches. A pipe of its own, so that an answer never queues behind commands:
   a command may itself wait for the journal, and one pipe could then deadlock.
 - stdout, to the relay: ``("ready",)`` or ``("failed", reason)`` once, then ``("journal",
-  batch)`` for each batch its journal commits, and ``("in_flight", n)`` for ``/healthz``.
+  batch)`` for each batch its journal commits, ``("reloaded", problems)`` for each reload
+  (empty: applied), and ``("in_flight", n)`` for ``/healthz``.
 
 Its journal is the relay's: a ``Journal`` whose writer hands each batch to the relay, which runs
 it in its own committer. One writer, and what this process records commits in order with what
@@ -83,6 +84,7 @@ class DeliveryWorker:
         self.components = components
         self.transports: dict = {}
         self._dispatch_scope = trio.CancelScope()
+        self._stopping = False
 
     async def run(self, fds: tuple[int, int, int], previous_run: int, run_start: float) -> None:
         commands_fd, out_fd, answers_fd = fds
@@ -152,22 +154,27 @@ class DeliveryWorker:
                 elif kind == "wake":
                     dispatcher.scheduler.wake()
                 elif kind == "reload":
-                    self._reload()
+                    await self.send(("reloaded", self._reload(message[1])))
                 elif kind == "stop":
+                    self._stopping = True
                     dispatcher.stop_intake()
                     self._dispatch_scope.deadline = trio.current_time() + message[1]
 
-    def _reload(self) -> None:
-        """The relay validated the file before saying so; if it changed since and no longer
-        loads, this process keeps what it runs and says why."""
+    def _reload(self, text: str) -> list[str]:
+        """Apply the text the relay validated; what is wrong with it here (a transport that
+        cannot open), or nothing."""
+        if self._stopping:
+            return ["the delivery process is stopping"]
         try:
-            new = self.components.bind(config_module.load(self.config.path))
+            new = self.components.bind(config_module.loads(text, self.config.path))
             self.transports.update(self.components.open_transports(new, self.transports))
-        except Exception as e:  # noqa: BLE001 - a bad file must not stop delivery
-            log.error("delivery process: reload failed, the running configuration stays: %s", e)
-            return
+        except config_module.ConfigError as e:
+            return e.errors
+        except Exception as e:  # noqa: BLE001 - a plugin's transport failed to start, say
+            return [f"{type(e).__name__}: {e}"]
         self.config = new
         self.dispatcher.reconfigure(new)
+        return []
 
 
 def _load(path: Path):

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 import trio
 
 from relay.clock import Clock
-from relay.config import Config
+from relay.config import Config, ConfigError
 from relay.frames import FrameReader, encode
 from relay.journal import Journal
 from relay.model import Delivery
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 PENDING_LIMIT = 8192
 PENDING_BYTES = 16 * 1024 * 1024
 START_TIMEOUT = 60.0  # seconds to load the configuration and plugins
+RELOAD_TIMEOUT = 30.0  # seconds for it to apply a reload (or say why not)
 EXIT_MARGIN = 5.0  # seconds past the grace period before a draining process is killed
 
 
@@ -50,6 +51,8 @@ class RemoteDispatcher:
         self._pending = self._pending_bytes = 0
         self._has_commands = trio.Event()
         self._in_flight = 0
+        self._reloaded = trio.Event()
+        self._reload_problems: list[str] | None = None
 
     async def run(self, previous_run: int, run_start: float, *, task_status) -> None:
         """Start the process; return when it has drained after ``stop_intake``. The process
@@ -131,6 +134,9 @@ class RemoteDispatcher:
                     pass  # it died: the end of its output follows
             elif message[0] == "in_flight":
                 self._in_flight = message[1]
+            elif message[0] == "reloaded":
+                self._reload_problems = message[1]
+                self._reloaded.set()
 
     async def _feed(self, stdin: trio.abc.SendStream) -> None:
         while True:
@@ -170,9 +176,19 @@ class RemoteDispatcher:
         self._pending_bytes += size
         self._command(("deliver", rows))
 
-    def reconfigure(self, config: Config) -> None:
+    async def reconfigure(self, config: Config, text: str) -> None:
+        """Have the delivery process apply ``text`` (validated here as ``config``); raise
+        ConfigError with its reasons if it refuses. The relay reloads one at a time."""
+        self._reloaded = trio.Event()
+        self._reload_problems = None
+        self._command(("reload", text))
+        with trio.move_on_after(RELOAD_TIMEOUT):
+            await self._reloaded.wait()
+        if self._reload_problems is None:
+            raise ConfigError([f"the delivery process did not answer in {RELOAD_TIMEOUT:g} s"])
+        if self._reload_problems:
+            raise ConfigError(self._reload_problems)
         self.config = config
-        self._command(("reload",))
 
     def stop_intake(self, grace: float) -> None:
         """Start no more attempts; ``run`` returns once the process has drained, at most

@@ -135,6 +135,9 @@ async def test_a_reload_while_draining_is_ignored(tmp_path, nursery):
     receiver, config, daemon = await one_attempt_in_flight(tmp_path, nursery, grace=20)
     config.write_text(config.read_text() + webhook_toml("new", receiver.url))
     daemon.process.send_signal(signal.SIGTERM)
+    with trio.fail_after(5):  # pending together, trio would hand over SIGHUP first
+        while "SIGTERM: stopping" not in daemon.log.read_text():
+            await trio.sleep(0.02)
     daemon.process.send_signal(signal.SIGHUP)
     # The attempt in flight ends at its 3 s timeout; a lane the reload had added would have
     # kept the drain waiting for the whole 20 s grace period.

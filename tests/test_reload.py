@@ -91,6 +91,34 @@ async def test_an_invalid_config_changes_nothing(tmp_path, nursery, running):
     assert daemon.process.poll() is None
 
 
+async def test_a_transport_the_delivery_process_cannot_open_rejects_the_reload(
+    tmp_path, nursery, running
+):
+    plugins = tmp_path / "plugins"  # the default plugins_dir
+    plugins.mkdir()
+    (plugins / "broken.py").write_text(
+        "from relay.hookspecs import hookimpl\n"
+        "def broken(config):\n"
+        "    raise RuntimeError('cannot reach the broker')\n"
+        "@hookimpl\n"
+        "def register_transports(register):\n"
+        "    register('broken', broken)\n"
+    )
+    receiver = await start_receiver(nursery)
+    config = write_config(tmp_path, receiver.url)
+    daemon = await running(config)
+    config.write_text(
+        config.read_text() + webhook_toml("new", receiver.url) + 'transport = "broken"\n'
+    )
+
+    result = relay_cli("reload", "--config", str(config))
+    assert result.returncode == 1
+    assert "RuntimeError: cannot reach the broker" in result.stderr
+    assert (await health(daemon))["webhooks"] == 1  # neither process changed
+    assert (await post(daemon, STATUS)).status_code == 202
+    await receiver.wait_for(1)
+
+
 async def test_a_removed_webhook_is_parked_and_resumes_when_it_returns(tmp_path, nursery, running):
     receiver = await start_receiver(nursery)
     receiver.statuses = [503] * 1000
