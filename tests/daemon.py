@@ -37,6 +37,13 @@ grace = {grace}
     return path
 
 
+def add_plugin(tmp_path: Path, name: str, source: str) -> None:
+    """A plugin in the plugins directory beside write_config's relay.toml (the default one)."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir(exist_ok=True)
+    (plugins / f"{name}.py").write_text(source)
+
+
 class Daemon:
     running: list["Daemon"] = []  # what a failed test left behind is killed (conftest.py)
 

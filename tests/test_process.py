@@ -10,7 +10,7 @@ import httpx
 import trio
 
 from tests.conftest import seed_events
-from tests.daemon import Daemon, webhook_toml, write_config
+from tests.daemon import Daemon, add_plugin, webhook_toml, write_config
 
 STATUS = seed_events()[0]
 
@@ -117,12 +117,12 @@ async def test_kill_9_of_the_relay_ends_its_delivery_process(tmp_path, nursery):
 
 
 async def test_sigterm_while_the_delivery_process_starts_exits_0(tmp_path):
-    plugins = tmp_path / "plugins"  # the default plugins_dir
-    plugins.mkdir()
-    (plugins / "slow.py").write_text(
+    add_plugin(
+        tmp_path,
+        "slow",
         "import sys, time\n"
         "if sys.argv[0].endswith('delivery_process.py'):\n"
-        "    time.sleep(30)  # a heavy import, in the delivery process only\n"
+        "    time.sleep(30)  # a heavy import, in the delivery process only\n",
     )
     daemon = await Daemon(write_config(tmp_path, "http://127.0.0.1:9/", grace=0.5)).launch()
     await trio.sleep(1.5)

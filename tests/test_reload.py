@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from tests.conftest import seed_events, start_receiver
-from tests.daemon import Daemon, webhook_toml, write_config
+from tests.daemon import Daemon, add_plugin, webhook_toml, write_config
 
 STATUS = seed_events()[0]
 
@@ -94,15 +94,15 @@ async def test_an_invalid_config_changes_nothing(tmp_path, nursery, running):
 async def test_a_transport_the_delivery_process_cannot_open_rejects_the_reload(
     tmp_path, nursery, running
 ):
-    plugins = tmp_path / "plugins"  # the default plugins_dir
-    plugins.mkdir()
-    (plugins / "broken.py").write_text(
+    add_plugin(
+        tmp_path,
+        "broken",
         "from relay.hookspecs import hookimpl\n"
         "def broken(config):\n"
         "    raise RuntimeError('cannot reach the broker')\n"
         "@hookimpl\n"
         "def register_transports(register):\n"
-        "    register('broken', broken)\n"
+        "    register('broken', broken)\n",
     )
     receiver = await start_receiver(nursery)
     config = write_config(tmp_path, receiver.url)
