@@ -136,22 +136,23 @@ async def test_secret_from_env_sent_in_the_form(start_relay, receiver, token_end
     assert "authorization" not in token_endpoint.requests[0].headers
 
 
+async def start_crm(start_relay, receiver, token_endpoint):
+    """One webhook, "crm", authorized by ``token_endpoint``, retried at once."""
+    webhook = {
+        "id": "crm",
+        "url": receiver.url,
+        "oauth2": table(token_endpoint),
+        "backoff": no_retry_delay(),
+    }
+    return await start_relay([webhook], plugins=[oauth2])
+
+
 async def test_a_failing_token_endpoint_fails_the_attempt_which_is_retried(
     start_relay, receiver, token_endpoint, caplog
 ):
     caplog.set_level(logging.DEBUG)
     token_endpoint.statuses = [503]
-    running = await start_relay(
-        [
-            {
-                "id": "crm",
-                "url": receiver.url,
-                "oauth2": table(token_endpoint),
-                "backoff": no_retry_delay(),
-            }
-        ],
-        plugins=[oauth2],
-    )
+    running = await start_crm(start_relay, receiver, token_endpoint)
     await running.post(seed_events()[0])
     await wait_until_finished(running)
     (request,) = receiver.requests
@@ -171,17 +172,7 @@ async def test_a_failing_token_endpoint_fails_the_attempt_which_is_retried(
 
 async def test_a_401_from_the_webhook_drops_the_token(start_relay, receiver, token_endpoint):
     receiver.statuses = [401]
-    running = await start_relay(
-        [
-            {
-                "id": "crm",
-                "url": receiver.url,
-                "oauth2": table(token_endpoint),
-                "backoff": no_retry_delay(),
-            }
-        ],
-        plugins=[oauth2],
-    )
+    running = await start_crm(start_relay, receiver, token_endpoint)
     await running.post(seed_events()[0])
     first, second = await receiver.wait_for(2)
     assert first.headers["authorization"] == "Bearer tok-1"
