@@ -18,7 +18,7 @@ import trio
 from relay import config as config_module
 from relay import webhooks_cli
 from relay.journal import JournalError
-from relay.plugins import Components, PluginError, make_plugin_manager
+from relay.plugins import PluginError, load_with_plugins
 
 
 class CommandError(Exception):
@@ -31,10 +31,7 @@ class CommandError(Exception):
 def load(config_path: Path):
     """The configuration with its plugins loaded and option tables bound."""
     try:
-        config = config_module.load(config_path)
-        pm = make_plugin_manager(config)
-        components = Components.collect(pm)
-        return components.bind(config), pm, components
+        return load_with_plugins(config_path)
     except config_module.ConfigError as e:
         raise CommandError(*e.errors) from None
     except PluginError as e:
@@ -65,11 +62,7 @@ def cmd_run(args) -> int:
     from relay.remote_dispatch import DeliveryProcessError
 
     config, pm, components = load(args.config)
-    logging.basicConfig(
-        level=config.relay.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    config_module.configure_logging(config)
     log = logging.getLogger("relay")
     status = 0
     try:

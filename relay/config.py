@@ -8,8 +8,10 @@ Values of secrets never appear in those lines.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import re
+import sys
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -306,6 +308,15 @@ def _format_exception(exc: BaseException, type_) -> str:
     if isinstance(exc, (TypeError, ValueError)) and str(exc):
         return str(exc)
     return cattrs.v.format_exception(exc, type_)
+
+
+def configure_logging(config: Config) -> None:
+    """Log lines to stderr at ``[relay] log_level``: the same in each of relay's processes."""
+    logging.basicConfig(
+        level=config.relay.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
 
 
 def load(path: str | Path) -> Config:

@@ -20,7 +20,7 @@ from relay.dispatch import Dispatcher
 from relay.events import Router
 from relay.http_server import HTTPServer, open_tcp_listeners, open_unix_listener
 from relay.journal import Journal
-from relay.plugins import Components
+from relay.plugins import Components, close_transports
 from relay.remote_dispatch import EXIT_MARGIN, RemoteDispatcher
 
 log = logging.getLogger(__name__)
@@ -80,23 +80,12 @@ class Relay:
                     addresses = await nursery.start(self._run_ingest)
                     task_status.started(addresses)
             finally:
-                with trio.move_on_after(5, shield=True):  # a stuck close must not hang the exit
-                    for transport in self.transports.values():
-                        await transport.aclose()
+                await close_transports(self.transports)
 
     async def _recover(self, previous_run: int, run_start: float) -> None:
-        """Resume what the previous run held in memory when it ended (kill -9, power loss).
-
-        In steps, beside the scheduler: rows up to ``previous_run`` untouched since
-        ``run_start`` are the previous run's; this run's own claims are newer."""
+        # Stopping cancels it: the next run recovers what this one did not reach.
         with self._recover_scope:
-            recovered = await self.journal.recover(
-                previous_run, run_start, wake=self.dispatcher.scheduler.wake
-            )
-        if self._recover_scope.cancelled_caught:
-            return  # stopping: the next run recovers what this one did not reach
-        if recovered:
-            log.info("resumed %d deliveries the previous run had in flight", recovered)
+            await self.dispatcher.recover(previous_run, run_start)
 
     def stop(self, grace: float | None = None) -> None:
         """Stop taking events; attempts in flight get ``grace`` seconds to finish."""

@@ -44,11 +44,12 @@ import trio
 
 from relay import config as config_module
 from relay.clock import Clock
+from relay.config import configure_logging
 from relay.dispatch import Dispatcher
 from relay.frames import FrameReader, encode
 from relay.journal import Journal, JournalError
 from relay.model import Delivery, Event
-from relay.plugins import Components, PluginError, make_plugin_manager
+from relay.plugins import Components, PluginError, close_transports, load_with_plugins
 
 log = logging.getLogger(__name__)
 
@@ -100,14 +101,12 @@ class DeliveryWorker:
                 )
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._dispatch, nursery.cancel_scope)
-                    nursery.start_soon(self._recover, journal, previous_run, run_start)
+                    nursery.start_soon(self.dispatcher.recover, previous_run, run_start)
                     nursery.start_soon(self._report_in_flight)
                     await self.send(("ready",))
                     nursery.start_soon(self._obey, commands)
             finally:
-                with trio.move_on_after(5, shield=True):
-                    for transport in self.transports.values():
-                        await transport.aclose()
+                await close_transports(self.transports)
 
     async def send(self, message) -> None:
         async with self._send_lock:
@@ -120,14 +119,6 @@ class DeliveryWorker:
         with self._dispatch_scope:
             await self.dispatcher.run()
         everything.cancel()  # drained (or out of grace): the process is done
-
-    async def _recover(self, journal: Journal, previous_run: int, run_start: float) -> None:
-        """Resume what the previous run held in memory when it ended (see Relay)."""
-        recovered = await journal.recover(
-            previous_run, run_start, wake=self.dispatcher.scheduler.wake
-        )
-        if recovered:
-            log.info("resumed %d deliveries the previous run had in flight", recovered)
 
     async def _report_in_flight(self) -> None:
         reported = 0
@@ -177,13 +168,6 @@ class DeliveryWorker:
         return []
 
 
-def _load(path: Path):
-    config = config_module.load(path)
-    pm = make_plugin_manager(config)
-    components = Components.collect(pm)
-    return components.bind(config), pm, components
-
-
 def main() -> int:
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
@@ -195,18 +179,14 @@ def main() -> int:
     os.dup2(null, 0)
     os.close(null)
     try:
-        config, pm, components = _load(Path(config_path))
+        config, pm, components = load_with_plugins(Path(config_path))
     except config_module.ConfigError as e:
         os.write(out_fd, encode(("failed", "; ".join(e.errors))))
         return 1
     except PluginError as e:
         os.write(out_fd, encode(("failed", str(e))))
         return 1
-    logging.basicConfig(
-        level=config.relay.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(config)
     worker = DeliveryWorker(config, pm, components)
     fds = (commands_fd, out_fd, int(answers_fd))
     status = 0

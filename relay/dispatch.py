@@ -235,6 +235,15 @@ class Dispatcher:
             self.lanes.pop(webhook_id).stop()
         self.scheduler.wake()
 
+    async def recover(self, previous_run: int, run_start: float) -> None:
+        """Resume what the previous run held in memory when it ended (kill -9, power loss).
+
+        In steps, beside the scheduler: rows up to ``previous_run`` untouched since
+        ``run_start`` are the previous run's; this run's own claims are newer."""
+        recovered = await self.journal.recover(previous_run, run_start, wake=self.scheduler.wake)
+        if recovered:
+            log.info("resumed %d deliveries the previous run had in flight", recovered)
+
     def in_flight(self) -> int:
         return sum(lane.busy for lane in self.lanes.values())
 

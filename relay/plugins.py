@@ -16,10 +16,11 @@ from typing import Any
 
 import attrs
 import pluggy
+import trio
 from attrs import frozen
 
 from relay import hookspecs
-from relay.config import Config, ConfigError, structure
+from relay.config import Config, ConfigError, load, structure
 
 DEFAULT_PLUGINS = (
     "relay.default_plugins.plain",
@@ -32,6 +33,22 @@ DEFAULT_PLUGINS = (
 
 class PluginError(Exception):
     """A plugin could not be loaded, or two plugins claim the same name."""
+
+
+def load_with_plugins(path: Path) -> tuple[Config, pluggy.PluginManager, Components]:
+    """The configuration at ``path`` with its plugins loaded and option tables bound; raises
+    ConfigError or PluginError."""
+    config = load(path)
+    pm = make_plugin_manager(config)
+    components = Components.collect(pm)
+    return components.bind(config), pm, components
+
+
+async def close_transports(transports: dict) -> None:
+    """Close each; a stuck one must not hang the exit."""
+    with trio.move_on_after(5, shield=True):
+        for transport in transports.values():
+            await transport.aclose()
 
 
 def make_plugin_manager(config: Config | None = None, *, entry_points: bool = True):
