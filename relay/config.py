@@ -64,6 +64,12 @@ def _positive(value):
 
 
 @validator
+def _not_negative(value):
+    if value < 0:
+        return f"must be 0 or more, got {value!r}"
+
+
+@validator
 def _at_least_one(value):
     if value < 1:
         return f"must be at least 1, got {value!r}"
@@ -188,6 +194,8 @@ class RelaySettings:
     max_body: int = field(default=1024 * 1024, validator=_at_least_one)
     grace: float = field(default=10.0, validator=_positive)
     queue: int = field(default=1024, validator=_at_least_one)
+    # Seconds a finished delivery (and its event) stays in the journal; 0 keeps all forever.
+    retention: float = field(default=86400.0, validator=_not_negative)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     watch: bool = False  # reload when the file changes
     # "process": SQLite in a writer process (default); "inline": on the relay's trio thread.

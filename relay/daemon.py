@@ -22,6 +22,7 @@ from relay.http_server import HTTPServer, open_tcp_listeners, open_unix_listener
 from relay.journal import Journal
 from relay.plugins import Components, close_transports
 from relay.remote_dispatch import EXIT_MARGIN, RemoteDispatcher
+from relay.retention import prune_forever
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class Relay:
         self._dispatch_scope: trio.CancelScope | None = None
         self._server: HTTPServer | None = None
         self._recover_scope = trio.CancelScope()
+        self._prune_scope = trio.CancelScope()
         self._reloading = trio.Lock()
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -77,6 +79,7 @@ class Relay:
                         nursery.start_soon(self._recover, previous_run, run_start)
                     if self.stopping:  # a signal came while it started
                         self._stop_dispatch()
+                    nursery.start_soon(self._prune)
                     addresses = await nursery.start(self._run_ingest)
                     task_status.started(addresses)
             finally:
@@ -87,6 +90,10 @@ class Relay:
         with self._recover_scope:
             await self.dispatcher.recover(previous_run, run_start)
 
+    async def _prune(self) -> None:
+        with self._prune_scope:  # stopping cancels it; it resumes with the next run
+            await prune_forever(self.journal, self.clock, lambda: self.config.relay.retention)
+
     def stop(self, grace: float | None = None) -> None:
         """Stop taking events; attempts in flight get ``grace`` seconds to finish."""
         if self.stopping:
@@ -95,6 +102,7 @@ class Relay:
         self._grace = self.config.relay.grace if grace is None else grace
         self._ingest_scope.cancel()
         self._recover_scope.cancel()
+        self._prune_scope.cancel()
         self._stop_dispatch()
 
     def _stop_dispatch(self) -> None:

@@ -169,6 +169,13 @@ class Journal:
         """When the earliest sleeping delivery to any of ``webhook_ids`` is due (inf: none)."""
         return await self._call("next_due", list(webhook_ids))
 
+    # -- retention (relay/retention.py) -------------------------------------------------
+
+    async def prune(self, after: int, cutoff: float, limit: int) -> tuple[int, int, bool]:
+        """Delete up to ``limit`` events older than ``cutoff`` whose deliveries all finished
+        before it (see ``journal_sql.prune``)."""
+        return await self._call("prune", after, cutoff, limit)
+
     # -- for the delivery process --------------------------------------------------------
 
     async def forward(self, batch: list[tuple[str, tuple]]) -> list[tuple[bool, object]]:

@@ -36,6 +36,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
 );
 CREATE INDEX IF NOT EXISTS deliveries_asleep
     ON deliveries (webhook_id, next_at) WHERE next_at IS NOT NULL;
+-- An event's deliveries, for retention (prune). Ids grow with time, so inserts append.
+CREATE INDEX IF NOT EXISTS deliveries_by_event ON deliveries (event_id);
 CREATE TABLE IF NOT EXISTS attempts (
     delivery_id TEXT NOT NULL,
     number INTEGER NOT NULL,
@@ -151,9 +153,53 @@ def next_due(conn, webhook_ids):
     return earliest
 
 
+def prune(conn, after, cutoff, limit):
+    """Delete events received before ``cutoff`` whose deliveries all finished before it, with
+    those deliveries and their attempts: up to ``limit`` events looked at, oldest first from
+    rowid ``after``. An event with a delivery still pending, or finished since, stays.
+
+    Returns ``(the last rowid looked at, events deleted, whether to go on past it)``. Rowids
+    follow arrival, so a step that meets an event received since ``cutoff`` is the last.
+    """
+    rows = conn.execute(
+        "SELECT rowid, id, received_at FROM events WHERE rowid > ? ORDER BY rowid LIMIT ?",
+        (after, limit),
+    ).fetchall()
+    old = [(rowid, event_id) for rowid, event_id, received_at in rows if received_at < cutoff]
+    if not old:
+        return after, 0, False
+    ids = [event_id for _, event_id in old]
+    marks = ",".join("?" * len(ids))
+    kept = {
+        event_id
+        for (event_id,) in conn.execute(
+            f"SELECT DISTINCT event_id FROM deliveries WHERE event_id IN ({marks})"
+            " AND (state = 'pending' OR updated_at >= ?)",
+            (*ids, cutoff),
+        )
+    }
+    gone = [(event_id,) for event_id in ids if event_id not in kept]
+    conn.executemany(
+        "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_id = ?)",
+        gone,
+    )
+    conn.executemany("DELETE FROM deliveries WHERE event_id = ?", gone)
+    conn.executemany("DELETE FROM events WHERE id = ?", gone)
+    return old[-1][0], len(gone), len(old) == limit
+
+
 OPERATIONS = {
     op.__name__: op
-    for op in (append, record_attempts, put_to_sleep, last_rowid, recover, claim_due, next_due)
+    for op in (
+        append,
+        record_attempts,
+        put_to_sleep,
+        last_rowid,
+        recover,
+        claim_due,
+        next_due,
+        prune,
+    )
 }
 
 

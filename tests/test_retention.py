@@ -1,0 +1,172 @@
+"""Retention: what finished long enough ago leaves the journal; nothing pending ever does.
+
+The real journal on a temp dir, and the real relay on trio's MockClock (a year passes in no
+time); the transport is a test plugin, as in tests/test_schedule.py.
+"""
+
+import json
+import sqlite3
+
+import trio
+
+from relay import retention
+from relay.api import Api
+from relay.daemon import Relay
+from relay.hookspecs import hookimpl
+from relay.http_server import HTTPRequest
+from relay.journal import Journal
+from relay.model import Response
+from relay.plugins import Components, make_plugin_manager
+from tests.conftest import make_config, seed_events
+
+DAY = 86400.0
+NOW = 1_800_000_000.0
+OLD = NOW - 2 * DAY  # past a day's retention
+CUTOFF = NOW - DAY
+
+
+def rows(state_dir, sql):
+    with sqlite3.connect(state_dir / "journal.sqlite3") as conn:
+        return sorted(conn.execute(sql).fetchall())
+
+
+async def test_only_events_whose_deliveries_all_finished_before_the_cutoff_go(tmp_path):
+    async with Journal.open(tmp_path, mode="inline") as journal:
+        events = {
+            "e1-done": [("d1", "delivered", OLD)],
+            "e2-no-deliveries": [],
+            "e3-one-pending": [("d3a", "failed", OLD), ("d3b", "pending", OLD)],
+            "e4-finished-lately": [("d4", "delivered", NOW - 60)],
+            "e5-failed": [("d5", "failed", OLD)],
+        }
+        for event_id, deliveries in events.items():
+            await journal._call(
+                "append",
+                [(event_id, "whatsapp:message:status", b"{}", OLD)],
+                [(d, event_id, "crm", OLD, OLD) for d, _, _ in deliveries],
+            )
+            for delivery_id, state, at in deliveries:
+                if state != "pending":
+                    attempt = [(delivery_id, 1, at, 0.01, 200, None)]
+                    update = [(state, 1, None, at, "200", delivery_id)]
+                    await journal._call("record_attempts", attempt, update)
+        await journal._call("append", [("e6-new", "whatsapp:message:status", b"{}", NOW - 60)], [])
+
+        assert await retention.prune(journal, CUTOFF) == 3
+
+    assert rows(tmp_path, "SELECT id FROM events") == [
+        ("e3-one-pending",),
+        ("e4-finished-lately",),
+        ("e6-new",),
+    ]
+    assert rows(tmp_path, "SELECT id FROM deliveries") == [("d3a",), ("d3b",), ("d4",)]
+    assert rows(tmp_path, "SELECT delivery_id FROM attempts") == [("d3a",), ("d4",)]
+
+
+async def test_a_pass_goes_on_step_by_step_past_what_it_keeps(tmp_path, monkeypatch):
+    monkeypatch.setattr(retention, "STEP", 2)
+    async with Journal.open(tmp_path, mode="inline") as journal:
+        for n in range(7):
+            await journal._call(
+                "append",
+                [(f"e{n}", "whatsapp:message:status", b"{}", OLD)],
+                [(f"d{n}", f"e{n}", "crm", OLD, OLD)] if n == 1 else [],  # e1 stays pending
+            )
+        assert await retention.prune(journal, CUTOFF) == 6
+    assert rows(tmp_path, "SELECT id FROM events") == [("e1",)]
+
+
+class Answers:
+    """A transport answering ``status`` to every request; notes when."""
+
+    def __init__(self, status: int):
+        self.status = status
+        self.times: list[float] = []
+
+    async def send(self, webhook, request):
+        self.times.append(trio.current_time())
+        return Response(status=self.status)
+
+    async def aclose(self):
+        pass
+
+
+async def start(nursery, tmp_path, transport, retention_seconds, **webhook) -> Relay:
+    class Plugin:
+        @hookimpl
+        def register_transports(self, register):
+            register("answers", lambda config: transport)
+
+    config = make_config(
+        tmp_path,
+        [{"id": "crm", "url": "http://example.invalid/", "transport": "answers", **webhook}],
+        listen=None,
+        journal="inline",  # see tests/test_schedule.py
+        retention=retention_seconds,
+    )
+    pm = make_plugin_manager(config, entry_points=False)
+    pm.register(Plugin())
+    relay = Relay(config, pm, Components.collect(pm))
+    await nursery.start(relay.run)
+    return relay
+
+
+async def post(relay: Relay) -> None:
+    body = json.dumps(seed_events()[0]).encode()
+    request = HTTPRequest("POST", "/events", {"content-type": "application/json"}, body)
+    status, _ = await Api(relay)(request)
+    assert status == 202
+
+
+async def test_the_relay_forgets_a_delivered_event_after_the_retention(
+    nursery, tmp_path, autojump_clock
+):
+    transport = Answers(200)
+    relay = await start(nursery, tmp_path, transport, 3600)
+    await post(relay)
+    await trio.sleep(60)
+    state = relay.config.relay.state_dir
+    assert transport.times and rows(state, "SELECT state FROM deliveries") == [("delivered",)]
+    await trio.sleep(3600 * 1.1)  # the retention, and the pass that follows it
+    assert rows(state, "SELECT COUNT(*) FROM events") == [(0,)]
+    assert rows(state, "SELECT COUNT(*) FROM deliveries") == [(0,)]
+    assert rows(state, "SELECT COUNT(*) FROM attempts") == [(0,)]
+
+
+async def test_a_delivery_still_retrying_outlives_the_retention(nursery, tmp_path, autojump_clock):
+    transport = Answers(503)
+    relay = await start(nursery, tmp_path, transport, 60, tries=3)
+    await post(relay)
+    await trio.sleep(100)  # attempts at 0 and 10 s; the third is due at 110 s
+    state = relay.config.relay.state_dir
+    assert len(transport.times) == 2
+    assert rows(state, "SELECT state FROM deliveries") == [("pending",)]
+    await trio.sleep(1000)  # attempt 3 fails it at 110 s; a minute later it goes
+    assert len(transport.times) == 3
+    assert rows(state, "SELECT COUNT(*) FROM deliveries") == [(0,)]
+
+
+async def test_the_daemon_prunes_through_its_journal_writer(tmp_path, nursery):
+    """The real process split: the relay's pruner, the writer process's SQL."""
+    import httpx
+
+    from tests.conftest import start_receiver
+    from tests.daemon import Daemon, write_config
+
+    receiver = await start_receiver(nursery)
+    config = write_config(tmp_path, receiver.url)
+    config.write_text(config.read_text().replace("[relay]\n", "[relay]\nretention = 1.0\n"))
+    daemon = await Daemon(config).start()
+    try:
+        async with httpx.AsyncClient(base_url=daemon.url) as client:
+            response = await client.post("/events", json=seed_events()[:3])
+            assert response.status_code == 202
+        await receiver.wait_for(3)
+        state = tmp_path / "state"
+        with trio.fail_after(10):  # a pass a second, for what finished over a second ago
+            while rows(state, "SELECT COUNT(*) FROM events") != [(0,)]:
+                await trio.sleep(0.1)
+        assert rows(state, "SELECT COUNT(*) FROM deliveries") == [(0,)]
+    finally:
+        daemon.process.terminate()
+        assert await daemon.wait() == 0
