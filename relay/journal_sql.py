@@ -251,7 +251,7 @@ def list_deliveries(
     limit: int = 50,
 ) -> list[tuple]:
     """``(id, webhook_id, event, state, attempts, next_at, last_outcome)`` rows for
-    ``relay deliveries``, read-only from a running relay's journal, newest first.
+    ``relay deliveries``, read-only from a running relay's journal, the newest deliveries first.
 
     ``parked`` means pending for a webhook not in ``known_webhooks``.
     """
@@ -277,7 +277,7 @@ def list_deliveries(
             "SELECT d.id, d.webhook_id, e.name, d.state, d.attempts, d.next_at, d.last_outcome"
             " FROM deliveries d JOIN events e ON e.id = d.event_id"
             + (" WHERE " + " AND ".join(where) if where else "")
-            + " ORDER BY d.updated_at DESC LIMIT ?"
+            + " ORDER BY d.rowid DESC LIMIT ?"  # the newest first, without sorting the journal
         )
         return conn.execute(sql, [*params, limit]).fetchall()
     finally:
