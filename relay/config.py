@@ -65,7 +65,7 @@ def _positive(value):
 
 @validator
 def _not_negative(value):
-    if value < 0:
+    if not value >= 0:  # nan too
         return f"must be 0 or more, got {value!r}"
 
 

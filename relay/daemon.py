@@ -22,7 +22,7 @@ from relay.http_server import HTTPServer, open_tcp_listeners, open_unix_listener
 from relay.journal import Journal
 from relay.plugins import Components, close_transports
 from relay.remote_dispatch import EXIT_MARGIN, RemoteDispatcher
-from relay.retention import prune_forever
+from relay.retention import Pruner
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ class Relay:
         self.transports = {}
         async with Journal.open(relay.state_dir, mode=relay.journal) as journal:
             self.journal = journal
+            self.pruner = Pruner(journal, self.clock, relay.retention)
             # Read before taking events: newer rows are this run's own.
             previous_run = await journal.last_rowid()
             run_start = self.clock.now()  # before the scheduler's first claim: see _recover
@@ -92,7 +93,7 @@ class Relay:
 
     async def _prune(self) -> None:
         with self._prune_scope:  # stopping cancels it; it resumes with the next run
-            await prune_forever(self.journal, self.clock, lambda: self.config.relay.retention)
+            await self.pruner.run()
 
     def stop(self, grace: float | None = None) -> None:
         """Stop taking events; attempts in flight get ``grace`` seconds to finish."""
@@ -149,6 +150,7 @@ class Relay:
         self.router = Router(new.webhooks)
         if self._server is not None:
             self._server.max_body = new.relay.max_body
+        self.pruner.set_retention(new.relay.retention)
         if not remote:
             self.dispatcher.reconfigure(new)
         before, after = {w.id for w in old.webhooks}, {w.id for w in new.webhooks}

@@ -172,8 +172,8 @@ class Journal:
     # -- retention (relay/retention.py) -------------------------------------------------
 
     async def prune(self, after: int, cutoff: float, limit: int) -> tuple[int, int, bool]:
-        """Delete up to ``limit`` events older than ``cutoff`` whose deliveries all finished
-        before it (see ``journal_sql.prune``)."""
+        """Look at up to ``limit`` events after rowid ``after``; delete those older than
+        ``cutoff`` whose deliveries all finished before it (see ``journal_sql.prune``)."""
         return await self._call("prune", after, cutoff, limit)
 
     # -- for the delivery process --------------------------------------------------------

@@ -155,26 +155,31 @@ def next_due(conn, webhook_ids):
 
 def prune(conn, after, cutoff, limit):
     """Delete events received before ``cutoff`` whose deliveries all finished before it, with
-    those deliveries and their attempts: up to ``limit`` events looked at, oldest first from
+    those deliveries and their attempts. Looks at up to ``limit`` events, oldest first from
     rowid ``after``. An event with a delivery still pending, or finished since, stays.
 
     Returns ``(the last rowid looked at, events deleted, whether to go on past it)``. Rowids
-    follow arrival, so a step that meets an event received since ``cutoff`` is the last.
+    follow arrival: the pass ends at a step whose newest event was received since ``cutoff``.
+
+    The newest event and the newest delivery always stay, so that SQLite never hands their
+    rowids out again: ``last_rowid`` tells a relay that starts which rows are older than it.
     """
     rows = conn.execute(
         "SELECT rowid, id, received_at FROM events WHERE rowid > ? ORDER BY rowid LIMIT ?",
         (after, limit),
     ).fetchall()
-    old = [(rowid, event_id) for rowid, event_id, received_at in rows if received_at < cutoff]
-    if not old:
+    if not rows:
         return after, 0, False
-    ids = [event_id for _, event_id in old]
+    ids = [event_id for _, event_id, received_at in rows if received_at < cutoff]
     marks = ",".join("?" * len(ids))
     kept = {
         event_id
         for (event_id,) in conn.execute(
             f"SELECT DISTINCT event_id FROM deliveries WHERE event_id IN ({marks})"
-            " AND (state = 'pending' OR updated_at >= ?)",
+            " AND (state = 'pending' OR updated_at >= ?)"
+            " UNION SELECT event_id FROM deliveries"
+            " WHERE rowid = (SELECT MAX(rowid) FROM deliveries)"
+            " UNION SELECT id FROM events WHERE rowid = (SELECT MAX(rowid) FROM events)",
             (*ids, cutoff),
         )
     }
@@ -185,7 +190,8 @@ def prune(conn, after, cutoff, limit):
     )
     conn.executemany("DELETE FROM deliveries WHERE event_id = ?", gone)
     conn.executemany("DELETE FROM events WHERE id = ?", gone)
-    return old[-1][0], len(gone), len(old) == limit
+    last_rowid, _, last_received = rows[-1]
+    return last_rowid, len(gone), len(rows) == limit and last_received < cutoff
 
 
 OPERATIONS = {

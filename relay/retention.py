@@ -14,15 +14,16 @@ One task in the relay (the journal's owner) walks the events oldest first, in sh
 that join the journal's commits like any other write. Deleting costs about what inserting does
 (~15-20 µs an event in the writer, measured on a 100,000-event journal), so a step of 500 added
 ~8 ms to the commit it joined, and pruning a backlog during ``scripts/bench``'s paced phase took
-p99 at 1,000 events/s from 4-5 ms to 15-19 ms. Steps of 50 (~0.75 ms) with a 5 ms pause
-between them left it within the run-to-run noise (6.9-8.4 ms against 4.0-7.9), and still
-prune up to 10,000 events a second, three times the top tier's rate.
+p99 at 1,000 events/s from 4-5 ms to 15-19 ms. Steps of 50 (~0.75 ms) with a 5 ms pause after
+each that deleted something left it within the run-to-run noise (6.9-8.4 ms against 4.0-7.9),
+and still prune ~7,000 events a second, twice the top tier's rate. Steps that only look (old
+events still pending, a removed webhook's parked ones) do not pause: they add a read to a
+commit, and a pass must not crawl over millions of them.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 import trio
 
@@ -36,28 +37,42 @@ log = logging.getLogger(__name__)
 PASS_EVERY_MIN = 1.0
 PASS_EVERY_MAX = 3600.0
 STEP = 50  # events looked at per step (one operation in one commit)
-STEP_PAUSE = 0.005  # seconds between steps: up to 10,000 events a second
+STEP_PAUSE = 0.005  # seconds after a step that deleted something
 
 
-async def prune_forever(journal: Journal, clock: Clock, retention: Callable[[], float]) -> None:
-    """A pass every tenth of the retention; ``retention()`` is read before each pass (a reload
-    may change it; 0 keeps everything)."""
-    while True:
-        seconds = retention()
-        if seconds > 0:
-            try:
-                removed = await prune(journal, clock.now() - seconds)
-            except JournalError as e:
-                log.error("retention: the journal failed (%s); trying again later", e)
-            else:
-                if removed:
-                    log.info(
-                        "retention: removed %d events finished over %g s ago", removed, seconds
-                    )
-        pause = (
-            min(max(seconds / 10, PASS_EVERY_MIN), PASS_EVERY_MAX) if seconds else PASS_EVERY_MAX
-        )
-        await trio.sleep(pause)
+class Pruner:
+    """Owns the passes; ``retention`` may change (a reload) and takes effect at once."""
+
+    def __init__(self, journal: Journal, clock: Clock, retention: float):
+        self.journal = journal
+        self.clock = clock
+        self.retention = retention  # seconds; 0 keeps everything
+        self._changed = trio.Event()
+
+    def set_retention(self, seconds: float) -> None:
+        if seconds != self.retention:
+            self.retention = seconds
+            self._changed.set()  # the next pass starts now, not after the old pause
+
+    async def run(self) -> None:
+        while True:
+            seconds = self.retention
+            if seconds > 0:
+                try:
+                    removed = await prune(self.journal, self.clock.now() - seconds)
+                except JournalError as e:
+                    log.error("retention: the journal failed (%s); trying again later", e)
+                else:
+                    if removed:
+                        log.info(
+                            "retention: removed %d events finished over %g s ago",
+                            removed,
+                            seconds,
+                        )
+            pause = min(max(seconds / 10, PASS_EVERY_MIN), PASS_EVERY_MAX)
+            with trio.move_on_after(pause if seconds > 0 else PASS_EVERY_MAX):
+                await self._changed.wait()
+            self._changed = trio.Event()
 
 
 async def prune(journal: Journal, cutoff: float) -> int:
@@ -66,6 +81,6 @@ async def prune(journal: Journal, cutoff: float) -> int:
     while more:
         after, deleted, more = await journal.prune(after, cutoff, STEP)
         removed += deleted
-        if more:
+        if more and deleted:
             await trio.sleep(STEP_PAUSE)
     return removed
