@@ -67,8 +67,10 @@ class RelayWriter:
         self.worker = worker
         self.answers = answers
 
-    async def run(self, batch):
+    async def send(self, batch) -> None:
         await self.worker.send(("journal", batch))
+
+    async def receive(self):
         try:
             return await self.answers.receive()
         except EOFError:
