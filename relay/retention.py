@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 # ``retention`` seconds of finished traffic, within these bounds.
 PASS_EVERY_MIN = 1.0
 PASS_EVERY_MAX = 3600.0
+FIRST_PASS_AFTER = 10.0  # at most, after start: recovery and the first deliveries go first
 STEP = 50  # events looked at per step (one operation in one commit)
 STEP_PAUSE = 0.005  # seconds after a step that deleted something
 
@@ -55,6 +56,7 @@ class Pruner:
             self._changed.set()  # the next pass starts now, not after the old pause
 
     async def run(self) -> None:
+        await self._pause(min(FIRST_PASS_AFTER, self._pass_every()))
         while True:
             seconds = self.retention
             if seconds > 0:
@@ -69,10 +71,18 @@ class Pruner:
                             removed,
                             seconds,
                         )
-            pause = min(max(seconds / 10, PASS_EVERY_MIN), PASS_EVERY_MAX)
-            with trio.move_on_after(pause if seconds > 0 else PASS_EVERY_MAX):
-                await self._changed.wait()
-            self._changed = trio.Event()
+            await self._pause(self._pass_every())
+
+    def _pass_every(self) -> float:
+        if self.retention > 0:
+            return min(max(self.retention / 10, PASS_EVERY_MIN), PASS_EVERY_MAX)
+        return PASS_EVERY_MAX
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, unless the retention changes meanwhile."""
+        with trio.move_on_after(seconds):
+            await self._changed.wait()
+        self._changed = trio.Event()
 
 
 async def prune(journal: Journal, cutoff: float) -> int:
