@@ -67,10 +67,8 @@ class RelayWriter:
         self.worker = worker
         self.answers = answers
 
-    async def send(self, batch) -> None:
+    async def run(self, batch):
         await self.worker.send(("journal", batch))
-
-    async def receive(self):
         try:
             return await self.answers.receive()
         except EOFError:
