@@ -11,8 +11,11 @@ import pytest
 import trio
 
 from relay import config as config_module
+from relay.api import Api
 from relay.daemon import Relay
+from relay.hookspecs import hookimpl
 from relay.http_server import HTTPRequest, HTTPServer
+from relay.model import Response
 from relay.plugins import Components, make_plugin_manager
 from tests.daemon import kill_leftovers
 
@@ -118,6 +121,61 @@ def start_relay(tmp_path, nursery):
 
 def seed_events() -> list[dict]:
     return json.loads(SEED.read_text())
+
+
+class RecordingTransport:
+    """Answers with ``statuses`` in turn (then 200), after ``hang`` seconds; notes when."""
+
+    def __init__(self, statuses=(), hang=0.0):
+        self.statuses = list(statuses)
+        self.hang = hang
+        self.times: list[float] = []
+
+    async def send(self, webhook, request):
+        self.times.append(trio.current_time())
+        await trio.sleep(self.hang)
+        return Response(status=self.statuses.pop(0) if self.statuses else 200)
+
+    async def aclose(self):
+        pass
+
+
+async def start_with_transport(
+    nursery, tmp_path: Path, transport, webhook: dict | None = None, **relay_settings
+) -> Relay:
+    """A relay whose webhook "crm" sends through ``transport``, a test plugin registered
+    through the same hook as the built-in one: for trio's MockClock, which real sockets and
+    other processes do not mix with (a clock that jumps while they work)."""
+
+    class Plugin:
+        @hookimpl
+        def register_transports(self, register):
+            register("recording", lambda config: transport)
+
+    webhooks = [
+        {"id": "crm", "url": "http://example.invalid/", "transport": "recording", **(webhook or {})}
+    ]
+    config = make_config(
+        tmp_path,
+        webhooks,
+        listen=None,
+        journal="inline",  # another process working makes every task look blocked: see InlineWriter
+        **relay_settings,
+    )
+    pm = make_plugin_manager(config, entry_points=False)
+    pm.register(Plugin())
+    relay = Relay(config, pm, Components.collect(pm))
+    await nursery.start(relay.run)
+    return relay
+
+
+async def post_event(relay: Relay, event: dict | None = None) -> None:
+    """Ingest ``event`` (the first seed event) through the API, as a request would."""
+    body = json.dumps(event or seed_events()[0]).encode()
+    status, _ = await Api(relay)(
+        HTTPRequest("POST", "/events", {"content-type": "application/json"}, body)
+    )
+    assert status == 202
 
 
 def no_retry_delay():

@@ -1,10 +1,9 @@
 """Retention: what finished long enough ago leaves the journal; nothing pending ever does.
 
 The real journal on a temp dir, and the real relay on trio's MockClock (a year passes in no
-time); the transport is a test plugin, as in tests/test_schedule.py.
+time); the transport is a test plugin (conftest.start_with_transport).
 """
 
-import json
 import socket
 import sqlite3
 
@@ -12,16 +11,10 @@ import pytest
 import trio
 
 from relay import retention
-from relay.api import Api
 from relay.clock import Clock
 from relay.config import ConfigError, loads
-from relay.daemon import Relay
-from relay.hookspecs import hookimpl
-from relay.http_server import HTTPRequest
 from relay.journal import Journal
-from relay.model import Response
-from relay.plugins import Components, make_plugin_manager
-from tests.conftest import make_config, seed_events
+from tests.conftest import RecordingTransport, post_event, seed_events, start_with_transport
 
 DAY = 86400.0
 NOW = 1_800_000_000.0
@@ -128,56 +121,14 @@ def test_retention_is_seconds_and_not_negative(tmp_path):
     assert loads("[relay]\nretention = 0\n", tmp_path / "relay.toml").relay.retention == 0
 
 
-class Answers:
-    """A transport answering ``status`` to every request; notes when."""
-
-    def __init__(self, status: int):
-        self.status = status
-        self.times: list[float] = []
-
-    async def send(self, webhook, request):
-        self.times.append(trio.current_time())
-        return Response(status=self.status)
-
-    async def aclose(self):
-        pass
-
-
-async def start(nursery, tmp_path, transport, retention_seconds, **webhook) -> Relay:
-    class Plugin:
-        @hookimpl
-        def register_transports(self, register):
-            register("answers", lambda config: transport)
-
-    config = make_config(
-        tmp_path,
-        [{"id": "crm", "url": "http://example.invalid/", "transport": "answers", **webhook}],
-        listen=None,
-        journal="inline",  # see tests/test_schedule.py
-        retention=retention_seconds,
-    )
-    pm = make_plugin_manager(config, entry_points=False)
-    pm.register(Plugin())
-    relay = Relay(config, pm, Components.collect(pm))
-    await nursery.start(relay.run)
-    return relay
-
-
-async def post(relay: Relay) -> None:
-    body = json.dumps(seed_events()[0]).encode()
-    request = HTTPRequest("POST", "/events", {"content-type": "application/json"}, body)
-    status, _ = await Api(relay)(request)
-    assert status == 202
-
-
 async def test_the_relay_forgets_a_delivered_event_after_the_retention(
     nursery, tmp_path, autojump_clock
 ):
-    transport = Answers(200)
-    relay = await start(nursery, tmp_path, transport, 3600)
-    await post(relay)
+    transport = RecordingTransport()
+    relay = await start_with_transport(nursery, tmp_path, transport, retention=3600)
+    await post_event(relay)
     await trio.sleep(60)
-    await post(relay)  # the newest event always stays (see journal_sql.prune)
+    await post_event(relay)  # the newest event always stays (see journal_sql.prune)
     await trio.sleep(60)
     state = relay.config.relay.state_dir
     assert len(transport.times) == 2
@@ -189,11 +140,11 @@ async def test_the_relay_forgets_a_delivered_event_after_the_retention(
 
 
 async def test_a_delivery_still_retrying_outlives_the_retention(nursery, tmp_path, autojump_clock):
-    transport = Answers(503)
-    relay = await start(nursery, tmp_path, transport, 60, tries=3)
-    await post(relay)
+    transport = RecordingTransport(statuses=[503] * 10)
+    relay = await start_with_transport(nursery, tmp_path, transport, {"tries": 3}, retention=60)
+    await post_event(relay)
     await trio.sleep(100)  # attempts at 0 and 10 s; the third is due at 110 s
-    await post(relay)
+    await post_event(relay)
     await trio.sleep(1)
     state = relay.config.relay.state_dir
     assert len(transport.times) == 3  # the first event's two, the second's first
@@ -204,10 +155,10 @@ async def test_a_delivery_still_retrying_outlives_the_retention(nursery, tmp_pat
 
 
 async def test_retention_0_keeps_everything(nursery, tmp_path, autojump_clock):
-    transport = Answers(200)
-    relay = await start(nursery, tmp_path, transport, 0)
-    await post(relay)
-    await post(relay)
+    transport = RecordingTransport()
+    relay = await start_with_transport(nursery, tmp_path, transport, retention=0)
+    await post_event(relay)
+    await post_event(relay)
     await trio.sleep(365 * DAY)
     assert len(transport.times) == 2
     assert rows(relay.config.relay.state_dir, "SELECT COUNT(*) FROM events") == [(2,)]

@@ -12,59 +12,16 @@ from pathlib import Path
 import pytest
 import trio
 
-from relay.api import Api
-from relay.daemon import Relay
 from relay.default_plugins.backoff import exponential
-from relay.hookspecs import hookimpl
-from relay.http_server import HTTPRequest
-from relay.model import Outcome, Response
-from relay.plugins import Components, make_plugin_manager
-from tests.conftest import make_config, seed_events
+from relay.model import Outcome
+from tests.conftest import RecordingTransport, make_config, post_event, start_with_transport
 
 VECTORS = json.loads((Path(__file__).parent / "vectors.json").read_text())
 
 
-class RecordingTransport:
-    """Answers with ``statuses`` in turn (then 200), after ``hang`` seconds; notes when."""
-
-    def __init__(self, statuses=(), hang=0.0):
-        self.statuses = list(statuses)
-        self.hang = hang
-        self.times: list[float] = []
-
-    async def send(self, webhook, request):
-        self.times.append(trio.current_time())
-        await trio.sleep(self.hang)
-        return Response(status=self.statuses.pop(0) if self.statuses else 200)
-
-    async def aclose(self):
-        pass
-
-
 async def run_relay(nursery, tmp_path, transport, **webhook):
-    class Plugin:
-        @hookimpl
-        def register_transports(self, register):
-            register("recording", lambda config: transport)
-
-    config = make_config(
-        tmp_path,
-        [{"id": "crm", "url": "http://example.invalid/", "transport": "recording", **webhook}],
-        listen=None,
-        journal="inline",  # another process working makes every task look blocked: see InlineWriter
-    )
-    pm = make_plugin_manager(config, entry_points=False)
-    pm.register(Plugin())
-    relay = Relay(config, pm, Components.collect(pm))
-    await nursery.start(relay.run)
-    request = HTTPRequest(
-        "POST",
-        "/events",
-        {"content-type": "application/json"},
-        json.dumps(seed_events()[0]).encode(),
-    )
-    status, _ = await Api(relay)(request)
-    assert status == 202
+    relay = await start_with_transport(nursery, tmp_path, transport, webhook)
+    await post_event(relay)
     return relay
 
 
