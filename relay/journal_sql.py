@@ -190,8 +190,8 @@ def prune(conn, after, cutoff, limit):
     )
     conn.executemany("DELETE FROM deliveries WHERE event_id = ?", gone)
     conn.executemany("DELETE FROM events WHERE id = ?", gone)
-    last_rowid, _, last_received = rows[-1]
-    return last_rowid, len(gone), len(rows) == limit and last_received < cutoff
+    last_seen, _, last_received = rows[-1]
+    return last_seen, len(gone), len(rows) == limit and last_received < cutoff
 
 
 OPERATIONS = {
