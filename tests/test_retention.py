@@ -166,7 +166,9 @@ async def test_retention_0_keeps_everything(nursery, tmp_path, autojump_clock):
 
 async def test_the_daemon_prunes_through_its_journal_writer(tmp_path, nursery):
     """The real process split: the relay's pruner, the writer process's SQL, deliveries that
-    finished going, one still retrying staying."""
+    finished going, one still retrying staying; and a retention set by a reload (SIGHUP)."""
+    import signal
+
     import httpx
 
     from tests.conftest import start_receiver
@@ -178,7 +180,8 @@ async def test_the_daemon_prunes_through_its_journal_writer(tmp_path, nursery):
         down = f"http://127.0.0.1:{closed.getsockname()[1]}/"
     webhooks = webhook_toml("crm", receiver.url) + webhook_toml("down", down)
     config = write_config(tmp_path, webhooks=webhooks)
-    config.write_text(config.read_text().replace("[relay]\n", "[relay]\nretention = 1.0\n"))
+    keep_all = config.read_text().replace("[relay]\n", "[relay]\nretention = 0\n")
+    config.write_text(keep_all)
     daemon = await Daemon(config).start()
     to = [{**seed_events()[0], "webhook_id": w} for w in ("crm", "crm", "down", "crm")]
     try:
@@ -187,7 +190,13 @@ async def test_the_daemon_prunes_through_its_journal_writer(tmp_path, nursery):
                 assert (await client.post("/events", json=event)).status_code == 202
         await receiver.wait_for(3)
         state = tmp_path / "state"
-        with trio.fail_after(10):  # a pass a second, for what finished over a second ago
+        await trio.sleep(1.5)  # finished over a second ago, and kept
+        assert rows(state, "SELECT COUNT(*) FROM events") == [(4,)]
+
+        config.write_text(keep_all.replace("retention = 0", "retention = 1.0"))
+        daemon.process.send_signal(signal.SIGHUP)
+        # The reload starts a pass at once; without it the first would come 10 s after start.
+        with trio.fail_after(5):
             while rows(state, "SELECT COUNT(*) FROM events") != [(2,)]:
                 await trio.sleep(0.1)
         assert rows(state, "SELECT webhook_id, state FROM deliveries") == [
