@@ -1,4 +1,4 @@
-"""journal_sql.run_batch: one bad operation fails alone, whatever it raises."""
+"""journal_sql: one bad operation in a batch fails alone; listing reads indexes."""
 
 from relay import journal_sql
 
@@ -11,3 +11,18 @@ def test_an_operation_sqlite_cannot_bind_fails_alone(tmp_path):
     assert ok_good and not ok_bad
     assert "UnicodeEncodeError" in error
     assert conn.execute("SELECT id FROM events").fetchall() == [("e1",)]
+
+
+def test_failed_deliveries_are_listed_from_an_index_not_a_scan(tmp_path):
+    conn = journal_sql.connect(tmp_path)
+    events = [(f"e{n}", "whatsapp:message:status", b"{}", 1.0) for n in range(3)]
+    deliveries = [(f"d{n}", f"e{n}", "crm", 1.0, 1.0) for n in range(3)]
+    journal_sql.run_batch(conn, [("append", (events, deliveries))])
+    outcomes = [(s, 1, None, 2.0, "x", f"d{n}") for n, s in enumerate(["delivered", "failed"])]
+    journal_sql.run_batch(conn, [("record_attempts", ([], outcomes))])
+
+    listed = journal_sql.list_deliveries(tmp_path, state="failed")
+    assert [row[0] for row in listed] == ["d1"]
+    sql, params = journal_sql.deliveries_query("failed", None, (), 50)
+    plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params)]
+    assert "SEARCH d USING INDEX deliveries_failed (state=?)" in plan
