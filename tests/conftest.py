@@ -102,19 +102,23 @@ def make_config(tmp_path: Path, webhooks: list[dict], **relay_settings) -> confi
     )
 
 
+def relay_of(config: config_module.Config, plugins=()) -> Relay:
+    """A relay on ``config`` with the built-in plugins and ``plugins`` (no entry points)."""
+    pm = make_plugin_manager(config, entry_points=False)
+    for plugin in plugins:
+        pm.register(plugin)
+    return Relay(config, pm, Components.collect(pm))
+
+
 @pytest.fixture
 def start_relay(tmp_path, nursery):
     """``await start_relay(webhooks, **relay_settings)``: a relay serving in the test's nursery."""
 
     async def start(webhooks: list[dict], plugins=(), **relay_settings) -> RunningRelay:
-        config = make_config(tmp_path, webhooks, **relay_settings)
-        pm = make_plugin_manager(config, entry_points=False)
-        for plugin in plugins:
-            pm.register(plugin)
-        relay = Relay(config, pm, Components.collect(pm))
+        relay = relay_of(make_config(tmp_path, webhooks, **relay_settings), plugins)
         addresses = await nursery.start(relay.run)
         tcp = next(a for a in addresses if not a.startswith("/"))
-        return RunningRelay(relay=relay, url=f"http://{tcp}", socket=config.relay.socket)
+        return RunningRelay(relay=relay, url=f"http://{tcp}", socket=relay.config.relay.socket)
 
     return start
 
@@ -162,9 +166,7 @@ async def start_with_transport(
         journal="inline",  # another process working makes every task look blocked: see InlineWriter
         **relay_settings,
     )
-    pm = make_plugin_manager(config, entry_points=False)
-    pm.register(Plugin())
-    relay = Relay(config, pm, Components.collect(pm))
+    relay = relay_of(config, [Plugin()])
     await nursery.start(relay.run)
     return relay
 

@@ -17,11 +17,9 @@ from hypothesis import strategies as st
 
 from relay import config as config_module
 from relay.cli import main
-from relay.daemon import Relay
 from relay.default_plugins import compose
 from relay.model import Delivery, Event, PermanentFailure
-from relay.plugins import Components, make_plugin_manager
-from tests.conftest import RunningRelay, seed_events
+from tests.conftest import RunningRelay, relay_of, seed_events
 from tests.test_templates import SEED_ID, SEED_STATUS, parse_multipart
 
 STATUS = seed_events()[0]
@@ -105,8 +103,7 @@ def start_composed(tmp_path, nursery):
             "secrets": secrets or {},
         }
         config = config_module.parse(data, (tmp_path / "relay.toml").absolute())
-        pm = make_plugin_manager(config, entry_points=False)
-        relay = Relay(config, pm, Components.collect(pm))
+        relay = relay_of(config)
         addresses = await nursery.start(relay.run)
         tcp = next(a for a in addresses if not a.startswith("/"))
         return RunningRelay(relay=relay, url=f"http://{tcp}", socket=None)

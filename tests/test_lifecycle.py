@@ -3,14 +3,11 @@
 import trio
 
 from relay.daemon import Relay
-from relay.plugins import Components, make_plugin_manager
-from tests.conftest import make_config
+from tests.conftest import make_config, relay_of
 
 
 def make_relay(tmp_path, receiver_url="http://127.0.0.1:9/") -> Relay:
-    config = make_config(tmp_path, [{"id": "crm", "url": receiver_url}])
-    pm = make_plugin_manager(config, entry_points=False)
-    return Relay(config, pm, Components.collect(pm))
+    return relay_of(make_config(tmp_path, [{"id": "crm", "url": receiver_url}]))
 
 
 async def test_stop_before_it_has_started_ends_it_cleanly(tmp_path):
