@@ -26,3 +26,17 @@ def test_bench_quick_completes_and_delivers_everything(tmp_path):
         assert e2e["events_per_s"] > 0
     assert report["systems"]["relay"]["e2e_uds"]["delivered"] > 0
     assert "end to end, HTTP batches of 100" in proc.stdout
+
+    # Where the CPU went, by process: each of the relay's three is found and named.
+    parts = {"relay", "writer", "delivery", "load generator", "receiver"}
+    splits = [
+        phase["cpu_us_per_event"]
+        for phase in report["systems"]["relay"].values()
+        if isinstance(phase, dict) and "cpu_us_per_event" in phase
+    ]
+    assert len(splits) >= 6, report["systems"]["relay"]
+    for split in splits:
+        assert set(split) == parts and min(split.values()) >= 0, split
+    assert sum(split["relay"] + split["writer"] for split in splits) > 0
+    assert set(report["systems"]["relay"]["ingest_single"]["waits_per_event"]) == parts
+    assert "CPU per event (µs)" in proc.stdout
