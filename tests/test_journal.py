@@ -1,0 +1,83 @@
+"""The journal's committer (relay/journal.py): which writes share a commit, and when it runs.
+
+The real journal on a temp dir; the writer is the inline one, wrapped to note each batch it is
+given and the (mock) time it was given.
+"""
+
+import trio
+
+from relay.journal import RIDE_ALONG, InlineWriter, Journal
+from relay.model import Delivery, Event, Outcome
+
+
+class Noting:
+    def __init__(self, writer: InlineWriter):
+        self.writer = writer
+        self.batches: list[tuple[float, list[str]]] = []
+
+    async def run(self, batch):
+        self.batches.append((trio.current_time(), [name for name, _ in batch]))
+        return await self.writer.run(batch)
+
+    async def aclose(self) -> None:
+        await self.writer.aclose()
+
+
+def delivery(n: int) -> Delivery:
+    event = Event(f"e{n}", "whatsapp:message:status", b"{}", 0.0)
+    return Delivery(f"d{n}", "hook", event)
+
+
+async def append(journal: Journal, n: int) -> None:
+    d = delivery(n)
+    await journal.append([d.event], [d], 0.0)
+
+
+async def outcome(journal: Journal, n: int) -> None:
+    d = delivery(n)
+    await journal.record_attempt(d, 0.0, Outcome(duration=0.1, status=204), next_at=None)
+
+
+async def test_an_outcome_shares_the_commit_of_the_append_that_follows_it(tmp_path, autojump_clock):
+    writer = Noting(await InlineWriter.start(tmp_path))
+    async with Journal.running(writer) as journal:
+        await append(journal, 1)
+        start = trio.current_time()
+        await outcome(journal, 1)  # not waited for
+        await trio.sleep(RIDE_ALONG / 2)
+        await append(journal, 2)
+    assert writer.batches[1:] == [(start + RIDE_ALONG / 2, ["record_attempts", "append"])]
+
+
+async def test_an_outcome_alone_is_committed_after_the_ride_along_wait(tmp_path, autojump_clock):
+    writer = Noting(await InlineWriter.start(tmp_path))
+    async with Journal.running(writer) as journal:
+        await append(journal, 1)
+        start = trio.current_time()
+        await outcome(journal, 1)
+        await trio.sleep(RIDE_ALONG * 10)
+        assert writer.batches[1:] == [(start + RIDE_ALONG, ["record_attempts"])]
+        # and it is on disk: the delivery finished
+        assert await journal.claim_due("hook", 1.0, 10) == []
+
+
+async def test_a_write_somebody_waits_for_is_never_held(tmp_path, autojump_clock):
+    writer = Noting(await InlineWriter.start(tmp_path))
+    async with Journal.running(writer) as journal:
+        start = trio.current_time()
+        await append(journal, 1)
+        await journal.put_to_sleep(["d1"], 0.5)  # not waited for, then a read that is
+        assert [d.id for d in await journal.claim_due("hook", 1.0, 10)] == ["d1"]
+    assert writer.batches == [
+        (start, ["append"]),
+        (start, ["put_to_sleep", "claim_due"]),
+    ]
+
+
+async def test_a_closing_journal_commits_a_waiting_outcome_at_once(tmp_path, autojump_clock):
+    writer = Noting(await InlineWriter.start(tmp_path))
+    async with Journal.running(writer) as journal:
+        await append(journal, 1)
+        start = trio.current_time()
+        await outcome(journal, 1)
+    assert writer.batches[1:] == [(start, ["record_attempts"])]
