@@ -52,10 +52,10 @@ MERGEABLE = frozenset({"record_attempts", "put_to_sleep"})
 # Seconds a batch of only such writes waits for one that somebody waits for (ingest's append),
 # to share its commit. At paced rates each event otherwise costs two commits, its append's and
 # its outcome's, each an fsync and a round trip to the writer. Measured with scripts/bench
-# (three pairs): at 1,000 events/s the relay's three processes spent 913-963 µs of CPU an event
-# against 1,107-1,140, and p99 at 3,000/s was 5.6-5.7 ms against 6.1-6.6. Short, because it
-# must not gather bursts: outcomes held 100 ms and committed together took p99 at 1,000/s
-# from 4.5-6.5 ms to 11-12.
+# --phases e2e_http,latency_1000,latency_3000 (three pairs, alternated): at 1,000 events/s the
+# relay's three processes spent 900-1,013 µs of CPU an event against 1,097-1,140; end to end
+# and the p99s moved within the runs' noise. Short, because it must not gather bursts: outcomes
+# held 100 ms and committed together took p99 at 1,000/s from 4.5-6.5 ms to 11-12.
 RIDE_ALONG = 0.002
 
 
@@ -72,11 +72,22 @@ class _Op:
     error: str | None = None
 
 
+class _Urgent:
+    """Set when a write somebody waits for is queued, or the queue closes: it ends a ride-along
+    wait (``_ride_along``) without the committer waking for each outcome queued meanwhile."""
+
+    __slots__ = ("event",)
+
+    def __init__(self):
+        self.event = trio.Event()
+
+
 class Journal:
     """Use ``async with Journal.open(state_dir) as journal``; the committer lives inside."""
 
-    def __init__(self, send_channel: trio.MemorySendChannel):
+    def __init__(self, send_channel: trio.MemorySendChannel, urgent: _Urgent):
         self._ops = send_channel
+        self._urgent = urgent
 
     @classmethod
     @asynccontextmanager
@@ -91,11 +102,15 @@ class Journal:
         """A journal whose batches go to ``writer`` (``await writer.run(batch)``): a writer
         process, SQL inline, or the relay itself for the delivery process."""
         send, receive = trio.open_memory_channel(QUEUE)
+        urgent = _Urgent()
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_commit_loop, writer, receive)
-                async with send:
-                    yield cls(send)
+                nursery.start_soon(_commit_loop, writer, receive, urgent)
+                try:
+                    async with send:
+                        yield cls(send, urgent)
+                finally:
+                    urgent.event.set()
                 # Closing the channel lets the committer finish what was queued, then return.
         finally:
             with trio.CancelScope(shield=True):
@@ -207,6 +222,8 @@ class Journal:
             self._ops.send_nowait(op)
         except trio.WouldBlock:
             await self._ops.send(op)
+        if op.name not in MERGEABLE:
+            self._urgent.event.set()
 
     async def _submit(self, name: str, *args) -> None:
         await self._queue(_Op(name, args, None))
@@ -220,17 +237,13 @@ class Journal:
         return op.result
 
 
-async def _commit_loop(writer, receive: trio.MemoryReceiveChannel) -> None:
+async def _commit_loop(writer, receive: trio.MemoryReceiveChannel, urgent: _Urgent) -> None:
     async with receive:
         async for first in receive:
             ops = [first]
-            while len(ops) < MAX_BATCH:
-                try:
-                    ops.append(receive.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
+            _take_queued(ops, receive)
             if all(op.name in MERGEABLE for op in ops):
-                await _ride_along(ops, receive)
+                await _ride_along(ops, receive, urgent)
             batch, owners = _merge(ops)
             # Shielded: the writer must answer the batch it was sent, even while the relay is
             # being cancelled; bounded: a writer that hangs (a dead disk) must not hang the exit.
@@ -259,18 +272,31 @@ async def _commit_loop(writer, receive: trio.MemoryReceiveChannel) -> None:
                         log.error("journal write failed: %s", result)
 
 
-async def _ride_along(ops: list[_Op], receive: trio.MemoryReceiveChannel) -> None:
+def _take_queued(ops: list[_Op], receive: trio.MemoryReceiveChannel) -> bool:
+    """Add what is queued to ``ops``, up to ``MAX_BATCH``; whether that ends a ride-along wait
+    (a write somebody waits for, a full batch, or the queue closed)."""
+    urgent = False
+    while len(ops) < MAX_BATCH:
+        try:
+            op = receive.receive_nowait()
+        except trio.WouldBlock:
+            return urgent
+        except trio.EndOfChannel:
+            return True
+        ops.append(op)
+        urgent = urgent or op.name not in MERGEABLE
+    return True
+
+
+async def _ride_along(ops: list[_Op], receive: trio.MemoryReceiveChannel, urgent: _Urgent):
     """Outcomes wait up to ``RIDE_ALONG`` for a write that somebody waits for, and share its
-    commit."""
+    commit. The committer sleeps meanwhile: outcomes queue without waking it."""
+    urgent.event = trio.Event()
+    if _take_queued(ops, receive):
+        return
     with trio.move_on_after(RIDE_ALONG):
-        while len(ops) < MAX_BATCH:
-            try:
-                op = await receive.receive()
-            except trio.EndOfChannel:
-                return
-            ops.append(op)
-            if op.name not in MERGEABLE:
-                return
+        await urgent.event.wait()
+    _take_queued(ops, receive)
 
 
 def _fail(ops: list[_Op], error: str) -> None:
