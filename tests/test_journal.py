@@ -4,6 +4,7 @@ The real journal on a temp dir; the writer is the inline one, wrapped to note ea
 given and the (mock) time it was given.
 """
 
+import pytest
 import trio
 
 from relay.journal import RIDE_ALONG, InlineWriter, Journal
@@ -23,6 +24,11 @@ class Noting:
         await self.writer.aclose()
 
 
+@pytest.fixture
+async def writer(tmp_path):
+    return Noting(await InlineWriter.start(tmp_path))
+
+
 def delivery(n: int) -> Delivery:
     event = Event(f"e{n}", "whatsapp:message:status", b"{}", 0.0)
     return Delivery(f"d{n}", "hook", event)
@@ -38,8 +44,7 @@ async def outcome(journal: Journal, n: int) -> None:
     await journal.record_attempt(d, 0.0, Outcome(duration=0.1, status=204), next_at=None)
 
 
-async def test_an_outcome_shares_the_commit_of_the_append_that_follows_it(tmp_path, autojump_clock):
-    writer = Noting(await InlineWriter.start(tmp_path))
+async def test_an_outcome_shares_the_commit_of_the_append_that_follows_it(writer, autojump_clock):
     async with Journal.running(writer) as journal:
         await append(journal, 1)
         start = trio.current_time()
@@ -49,8 +54,7 @@ async def test_an_outcome_shares_the_commit_of_the_append_that_follows_it(tmp_pa
     assert writer.batches[1:] == [(start + RIDE_ALONG / 2, ["record_attempts", "append"])]
 
 
-async def test_an_outcome_alone_is_committed_after_the_ride_along_wait(tmp_path, autojump_clock):
-    writer = Noting(await InlineWriter.start(tmp_path))
+async def test_an_outcome_alone_is_committed_after_the_ride_along_wait(writer, autojump_clock):
     async with Journal.running(writer) as journal:
         await append(journal, 1)
         start = trio.current_time()
@@ -61,8 +65,7 @@ async def test_an_outcome_alone_is_committed_after_the_ride_along_wait(tmp_path,
         assert await journal.claim_due("hook", 1.0, 10) == []
 
 
-async def test_a_write_somebody_waits_for_is_never_held(tmp_path, autojump_clock):
-    writer = Noting(await InlineWriter.start(tmp_path))
+async def test_a_write_somebody_waits_for_is_never_held(writer, autojump_clock):
     async with Journal.running(writer) as journal:
         start = trio.current_time()
         await append(journal, 1)
@@ -74,8 +77,7 @@ async def test_a_write_somebody_waits_for_is_never_held(tmp_path, autojump_clock
     ]
 
 
-async def test_a_closing_journal_commits_a_waiting_outcome_at_once(tmp_path, autojump_clock):
-    writer = Noting(await InlineWriter.start(tmp_path))
+async def test_a_closing_journal_commits_a_waiting_outcome_at_once(writer, autojump_clock):
     async with Journal.running(writer) as journal:
         await append(journal, 1)
         start = trio.current_time()
