@@ -93,7 +93,9 @@ class DeliveryWorker:
         self._send_lock = trio.StrictFIFOLock()  # the journal and the reporter both send
         commands = FrameReader(trio.lowlevel.FdStream(commands_fd))
         answers = FrameReader(trio.lowlevel.FdStream(answers_fd))
-        async with Journal.running(RelayWriter(self, answers)) as journal:
+        # Outcomes wait for company in the relay's journal, which commits them with ingest's
+        # appends; waiting here too would only hold them twice.
+        async with Journal.running(RelayWriter(self, answers), ride_along=0) as journal:
             self.transports = self.components.open_transports(self.config)
             try:
                 self.dispatcher = Dispatcher(

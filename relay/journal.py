@@ -51,11 +51,14 @@ QUEUE = 16384
 MERGEABLE = frozenset({"record_attempts", "put_to_sleep"})
 # Seconds a batch of only such writes waits for one that somebody waits for (ingest's append),
 # to share its commit. At paced rates each event otherwise costs two commits, its append's and
-# its outcome's, each an fsync and a round trip to the writer. Measured with scripts/bench
-# --phases e2e_http,latency_1000,latency_3000 (three pairs, alternated): at 1,000 events/s the
-# relay's three processes spent 900-1,013 µs of CPU an event against 1,097-1,140; end to end
-# and the p99s moved within the runs' noise. Short, because it must not gather bursts: outcomes
-# held 100 ms and committed together took p99 at 1,000/s from 4.5-6.5 ms to 11-12.
+# its outcome's, each an fsync and a round trip to the writer. The outcomes the delivery process
+# forwards count as such writes (it waits for them only to send its next batch) and wait here,
+# in the journal that commits; the delivery process's own journal sends at once
+# (``ride_along=0``). Measured with scripts/bench --phases e2e_http,latency_1000,latency_3000
+# (three pairs, alternated): at 1,000 events/s the relay's three processes spent 900-1,013 µs
+# of CPU an event against 1,097-1,140; end to end and the p99s moved within the runs' noise.
+# Short, because it must not gather bursts: outcomes held 100 ms and committed together took
+# p99 at 1,000/s from 4.5-6.5 ms to 11-12.
 RIDE_ALONG = 0.002
 
 
@@ -98,14 +101,14 @@ class Journal:
 
     @classmethod
     @asynccontextmanager
-    async def running(cls, writer):
+    async def running(cls, writer, *, ride_along: float = RIDE_ALONG):
         """A journal whose batches go to ``writer`` (``await writer.run(batch)``): a writer
         process, SQL inline, or the relay itself for the delivery process."""
         send, receive = trio.open_memory_channel(QUEUE)
         urgent = _Urgent()
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_commit_loop, writer, receive, urgent)
+                nursery.start_soon(_commit_loop, writer, receive, urgent, ride_along)
                 try:
                     async with send:
                         yield cls(send, urgent)
@@ -218,11 +221,13 @@ class Journal:
     async def _queue(self, op: _Op) -> None:
         # send_nowait unless the queue is full: an awaited send() is also a trip through
         # trio's scheduler (~5 µs), once per event on ingest and again per attempt.
+        urgent = op.name not in MERGEABLE
         try:
             self._ops.send_nowait(op)
         except trio.WouldBlock:
+            self._urgent.event.set()  # the queue is full: a ride-along wait must end
             await self._ops.send(op)
-        if op.name not in MERGEABLE:
+        if urgent:
             self._urgent.event.set()
 
     async def _submit(self, name: str, *args) -> None:
@@ -237,13 +242,15 @@ class Journal:
         return op.result
 
 
-async def _commit_loop(writer, receive: trio.MemoryReceiveChannel, urgent: _Urgent) -> None:
+async def _commit_loop(
+    writer, receive: trio.MemoryReceiveChannel, urgent: _Urgent, ride_along: float
+) -> None:
     async with receive:
         async for first in receive:
             ops = [first]
             _take_queued(ops, receive)
-            if all(op.name in MERGEABLE for op in ops):
-                await _ride_along(ops, receive, urgent)
+            if ride_along and all(op.name in MERGEABLE for op in ops):
+                await _ride_along(ops, receive, urgent, ride_along)
             batch, owners = _merge(ops)
             # Shielded: the writer must answer the batch it was sent, even while the relay is
             # being cancelled; bounded: a writer that hangs (a dead disk) must not hang the exit.
@@ -288,13 +295,15 @@ def _take_queued(ops: list[_Op], receive: trio.MemoryReceiveChannel) -> bool:
     return True
 
 
-async def _ride_along(ops: list[_Op], receive: trio.MemoryReceiveChannel, urgent: _Urgent):
-    """Outcomes wait up to ``RIDE_ALONG`` for a write that somebody waits for, and share its
+async def _ride_along(
+    ops: list[_Op], receive: trio.MemoryReceiveChannel, urgent: _Urgent, seconds: float
+) -> None:
+    """Outcomes wait up to ``seconds`` for a write that somebody waits for, and share its
     commit. The committer sleeps meanwhile: outcomes queue without waking it."""
     urgent.event = trio.Event()
     if _take_queued(ops, receive):
         return
-    with trio.move_on_after(RIDE_ALONG):
+    with trio.move_on_after(seconds):
         await urgent.event.wait()
     _take_queued(ops, receive)
 

@@ -65,6 +65,33 @@ async def test_an_outcome_alone_is_committed_after_the_ride_along_wait(writer, a
         assert await journal.claim_due("hook", 1.0, 10) == []
 
 
+async def test_outcomes_the_delivery_process_forwards_wait_for_an_append_too(
+    writer, autojump_clock
+):
+    async with Journal.running(writer) as journal:
+        start = trio.current_time()
+        d = delivery(1)
+        await append(journal, 1)
+        attempt = (d.id, 1, 0.0, 0.1, 204, None)
+        update = ("delivered", 1, None, 0.1, "204", d.id)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(journal.forward, [("record_attempts", ([attempt], [update]))])
+            await trio.sleep(RIDE_ALONG / 2)
+            await append(journal, 2)
+    assert writer.batches == [
+        (start, ["append"]),
+        (start + RIDE_ALONG / 2, ["record_attempts", "append"]),
+    ]
+
+
+async def test_a_journal_without_ride_along_sends_outcomes_at_once(writer, autojump_clock):
+    async with Journal.running(writer, ride_along=0) as journal:
+        start = trio.current_time()
+        await outcome(journal, 1)
+        await trio.sleep(RIDE_ALONG)
+    assert writer.batches == [(start, ["record_attempts"])]
+
+
 async def test_a_write_somebody_waits_for_is_never_held(writer, autojump_clock):
     async with Journal.running(writer) as journal:
         start = trio.current_time()
@@ -82,4 +109,5 @@ async def test_a_closing_journal_commits_a_waiting_outcome_at_once(writer, autoj
         await append(journal, 1)
         start = trio.current_time()
         await outcome(journal, 1)
+        await trio.sleep(0)  # the committer is in its wait when the journal closes
     assert writer.batches[1:] == [(start, ["record_attempts"])]
