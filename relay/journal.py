@@ -221,13 +221,12 @@ class Journal:
     async def _queue(self, op: _Op) -> None:
         # send_nowait unless the queue is full: an awaited send() is also a trip through
         # trio's scheduler (~5 µs), once per event on ingest and again per attempt.
-        urgent = op.name not in MERGEABLE
         try:
             self._ops.send_nowait(op)
         except trio.WouldBlock:
             self._urgent.event.set()  # the queue is full: a ride-along wait must end
             await self._ops.send(op)
-        if urgent:
+        if op.name not in MERGEABLE:
             self._urgent.event.set()
 
     async def _submit(self, name: str, *args) -> None:
