@@ -19,7 +19,7 @@ from pathlib import Path
 from attrs import field, frozen
 
 from relay.config import validator
-from relay.hookspecs import hookimpl
+from relay.plugins import hookimpl
 
 
 def _env_problem(name: str) -> str | None:

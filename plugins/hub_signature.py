@@ -8,7 +8,7 @@ webhook's ``secret``. The scheme has room for one signature only, so during a ro
 import hashlib
 import hmac
 
-from relay.hookspecs import hookimpl
+from relay.plugins import hookimpl
 
 HEADER = "X-Hub-Signature-256"
 

@@ -27,8 +27,8 @@ import trio
 from attrs import field, frozen
 
 from relay.config import FieldError
-from relay.hookspecs import hookimpl
 from relay.model import Response
+from relay.plugins import hookimpl
 
 
 def _check_path(instance, attribute, path: Path):

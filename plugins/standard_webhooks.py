@@ -17,8 +17,8 @@ import hashlib
 import hmac
 import time
 
-from relay.hookspecs import hookimpl
 from relay.model import PermanentFailure
+from relay.plugins import hookimpl
 
 PREFIX = "whsec_"
 

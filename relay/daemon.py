@@ -13,16 +13,16 @@ import pluggy
 import trio
 
 from relay import config as config_module
-from relay.api import Api
 from relay.clock import Clock
 from relay.config import Config, ConfigError
-from relay.dispatch import Dispatcher
-from relay.events import Router
-from relay.http_server import HTTPServer, open_tcp_listeners, open_unix_listener
+from relay.delivery.dispatch import Dispatcher
+from relay.delivery.remote import EXIT_MARGIN, RemoteDispatcher
+from relay.http.server import HTTPServer, open_tcp_listeners, open_unix_listener
+from relay.ingest.api import Api
+from relay.ingest.events import Router
 from relay.journal import Journal
+from relay.journal.retention import Pruner
 from relay.plugins import Components, close_transports
-from relay.remote_dispatch import EXIT_MARGIN, RemoteDispatcher
-from relay.retention import Pruner
 
 log = logging.getLogger(__name__)
 

@@ -10,6 +10,10 @@ from typing import Any
 
 from attrs import field, frozen
 
+from relay.http.messages import PermanentFailure, Request, Response
+
+__all__ = ["Delivery", "Event", "Outcome", "PermanentFailure", "Request", "Response"]
+
 
 @frozen
 class Event:
@@ -40,33 +44,6 @@ class Delivery:
 
 
 @frozen
-class Request:
-    """An HTTP request ready to send; signers and auth plugins return changed copies."""
-
-    method: str
-    url: str
-    headers: tuple[tuple[str, str], ...] = ()
-    body: bytes = field(default=b"", repr=False)
-
-    def with_headers(self, *pairs: tuple[str, str]) -> Request:
-        """A copy with ``pairs`` added, replacing headers of the same names."""
-        names = {name.lower() for name, _ in pairs}
-        kept = tuple(h for h in self.headers if h[0].lower() not in names)
-        return Request(self.method, self.url, kept + tuple(pairs), self.body)
-
-    def header(self, name: str) -> str | None:
-        name = name.lower()
-        return next((v for k, v in self.headers if k.lower() == name), None)
-
-
-@frozen
-class Response:
-    status: int
-    headers: tuple[tuple[str, str], ...] = ()
-    body: bytes = field(default=b"", repr=False)
-
-
-@frozen
 class Outcome:
     """How one attempt ended.
 
@@ -90,7 +67,3 @@ class Outcome:
         if self.status is not None:
             return f"HTTP {self.status}" + (f" ({self.error})" if self.error else "")
         return self.error or "failed"
-
-
-class PermanentFailure(Exception):
-    """Raised by a plugin when an attempt can never succeed (a template that cannot render)."""

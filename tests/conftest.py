@@ -11,12 +11,11 @@ import pytest
 import trio
 
 from relay import config as config_module
-from relay.api import Api
 from relay.daemon import Relay
-from relay.hookspecs import hookimpl
-from relay.http_server import HTTPRequest, HTTPServer
+from relay.http.server import HTTPRequest, HTTPServer
+from relay.ingest.api import Api
 from relay.model import Response
-from relay.plugins import Components, make_plugin_manager
+from relay.plugins import Components, hookimpl, make_plugin_manager
 from tests.daemon import kill_leftovers
 
 SEED = Path(__file__).parent / "seed_events.json"

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from relay import config as config_module
 from relay.cli import main
-from relay.default_plugins import compose
 from relay.model import Delivery, Event, PermanentFailure
+from relay.plugins.builtin import compose
 from tests.conftest import RunningRelay, relay_of, seed_events
 from tests.test_templates import SEED_ID, SEED_STATUS, parse_multipart
 

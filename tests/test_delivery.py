@@ -129,7 +129,7 @@ async def test_refused_connection_is_retried_then_failed(start_relay):
 
 
 async def test_signature_vector():
-    from relay.default_plugins.signature import signature
+    from relay.plugins.builtin.signature import signature
 
     vectors = json.loads((__import__("pathlib").Path(__file__).parent / "vectors.json").read_text())
     vector = next(v for v in vectors["signatures"] if v["scheme"] == "signature")

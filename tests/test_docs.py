@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from relay import hookspecs
+from relay.plugins import hookspecs
 
 ROOT = Path(__file__).parent.parent
 HOOKS = sorted(name for name, value in vars(hookspecs).items() if hasattr(value, "relay_spec"))

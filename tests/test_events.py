@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from relay import events
-from relay.events import InvalidEvents, new_id
+from relay.ingest import events
+from relay.ingest.events import InvalidEvents, new_id
 
 
 def test_ids_are_unique_32_hex_digits_in_creation_order_across_refills():

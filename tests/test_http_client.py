@@ -3,7 +3,7 @@
 import pytest
 import trio
 
-from relay.http_client import HTTPClient, Target, encode_head
+from relay.http.client import HTTPClient, Target, encode_head
 from relay.model import PermanentFailure, Request
 
 

@@ -9,9 +9,9 @@ import h11
 import pytest
 import trio
 
-from relay import http_server
-from relay.api import ids_json
-from relay.events import new_id
+from relay.http import server as http_server
+from relay.ingest.api import ids_json
+from relay.ingest.events import new_id
 from tests.conftest import Receiver, start_receiver
 
 SHORT = 0.3  # the timeouts under test, in seconds

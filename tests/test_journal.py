@@ -1,4 +1,5 @@
-"""The journal's committer (relay/journal.py): which writes share a commit, and when it runs.
+"""The journal's committer (relay/journal/committer.py): which writes share a commit, and when
+it runs.
 
 The real journal on a temp dir; the writer is the inline one, wrapped to note each batch it is
 given and the (mock) time it was given.
@@ -7,7 +8,7 @@ given and the (mock) time it was given.
 import pytest
 import trio
 
-from relay.journal import RIDE_ALONG, InlineWriter, Journal
+from relay.journal.committer import RIDE_ALONG, InlineWriter, Journal
 from relay.model import Delivery, Event, Outcome
 
 

@@ -1,6 +1,6 @@
 """journal_sql: one bad operation in a batch fails alone; listing reads indexes."""
 
-from relay import journal_sql
+from relay.journal import sqlite as journal_sql
 
 
 def test_an_operation_sqlite_cannot_bind_fails_alone(tmp_path):

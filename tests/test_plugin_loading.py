@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.hookspecs import hookimpl
-from relay.plugins import Components, PluginError, make_plugin_manager
+from relay.plugins import Components, PluginError, hookimpl, make_plugin_manager
 from tests.conftest import make_config
 
 REPO_PLUGINS = Path(__file__).parent.parent / "plugins"
@@ -16,7 +15,7 @@ REPO_PLUGINS = Path(__file__).parent.parent / "plugins"
 def plugin_source(signer: str) -> str:
     return textwrap.dedent(
         f"""
-        from relay.hookspecs import hookimpl
+        from relay.plugins import hookimpl
 
         @hookimpl
         def register_signers(register):
@@ -99,7 +98,7 @@ def test_two_plugins_registering_one_signer_name_is_an_error():
     message = str(caught.value)
     assert "'signature'" in message
     assert "impostor" in message
-    assert "relay.default_plugins.signature" in message
+    assert "relay.plugins.builtin.signature" in message
 
 
 def test_the_shipped_plugins_load_together_from_a_plugins_dir(tmp_path):

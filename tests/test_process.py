@@ -86,7 +86,7 @@ async def test_a_dead_journal_writer_stops_the_relay_and_nothing_is_acknowledged
 
     receiver = await start_receiver(nursery)
     daemon = await Daemon(write_config(tmp_path, receiver.url)).start()
-    os.kill(daemon.child("relay.journal_process"), signal.SIGKILL)
+    os.kill(daemon.child("relay.journal.writer"), signal.SIGKILL)
     async with httpx.AsyncClient(base_url=daemon.url) as client:
         try:
             response = await client.post("/events", json=STATUS)
@@ -100,7 +100,7 @@ async def test_a_dead_journal_writer_stops_the_relay_and_nothing_is_acknowledged
 
 async def test_a_dead_delivery_process_stops_the_relay_and_the_next_run_delivers(tmp_path, nursery):
     receiver, config, daemon = await one_attempt_in_flight(tmp_path, nursery)
-    os.kill(daemon.child("relay.delivery_process"), signal.SIGKILL)
+    os.kill(daemon.child("relay.delivery.process"), signal.SIGKILL)
     assert await daemon.wait() == 1
     assert "stopping: the delivery process exited" in daemon.log.read_text()
     await next_run_delivers_it_again(receiver, config)
@@ -108,7 +108,7 @@ async def test_a_dead_delivery_process_stops_the_relay_and_the_next_run_delivers
 
 async def test_kill_9_of_the_relay_ends_its_delivery_process(tmp_path, nursery):
     _, _, daemon = await one_attempt_in_flight(tmp_path, nursery)
-    delivery = daemon.child("relay.delivery_process")
+    delivery = daemon.child("relay.delivery.process")
     daemon.process.kill()
     assert await daemon.wait() == -signal.SIGKILL
     with trio.fail_after(10):
@@ -121,7 +121,7 @@ async def test_sigterm_while_the_delivery_process_starts_exits_0(tmp_path):
         tmp_path,
         "slow",
         "import sys, time\n"
-        "if sys.argv[0].endswith('delivery_process.py'):\n"
+        "if sys.argv[0].endswith('delivery/process.py'):\n"
         "    time.sleep(30)  # a heavy import, in the delivery process only\n",
     )
     daemon = await Daemon(write_config(tmp_path, "http://127.0.0.1:9/", grace=0.5)).launch()

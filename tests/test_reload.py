@@ -97,7 +97,7 @@ async def test_a_transport_the_delivery_process_cannot_open_rejects_the_reload(
     add_plugin(
         tmp_path,
         "broken",
-        "from relay.hookspecs import hookimpl\n"
+        "from relay.plugins import hookimpl\n"
         "def broken(config):\n"
         "    raise RuntimeError('cannot reach the broker')\n"
         "@hookimpl\n"

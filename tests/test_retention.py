@@ -10,10 +10,9 @@ import sqlite3
 import pytest
 import trio
 
-from relay import retention
 from relay.clock import Clock
 from relay.config import ConfigError, loads
-from relay.journal import Journal
+from relay.journal import Journal, retention
 from tests.conftest import RecordingTransport, post_event, seed_events, start_with_transport
 
 DAY = 86400.0

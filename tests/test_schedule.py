@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from relay.default_plugins.backoff import exponential
 from relay.model import Outcome
+from relay.plugins.builtin.backoff import exponential
 from tests.conftest import RecordingTransport, make_config, post_event, start_with_transport
 
 VECTORS = json.loads((Path(__file__).parent / "vectors.json").read_text())

@@ -1,4 +1,4 @@
-"""relay.templates on its own: compiling, looking values up, encoding, rendering requests."""
+"""relay.compose on its own: compiling, looking values up, encoding, rendering requests."""
 
 import email.parser
 import email.policy
@@ -7,8 +7,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from relay.compose import RenderError, compile_request, resolve_secrets
 from relay.model import PermanentFailure
-from relay.templates import RenderError, compile_request, resolve_secrets
 from tests.conftest import seed_events
 
 STATUS, INCOMING, MEDIA = seed_events()

@@ -4,9 +4,6 @@
 parsed data would drop the comments and layout the user keeps there. The edited text is checked
 by the same code as ``relay check`` (configuration and plugins) before it replaces the file, so a
 bad webhook never reaches a running relay's next reload.
-
-relay.cli imports this module to list the command, so the pieces of relay.cli used here are
-imported when a command runs.
 """
 
 from __future__ import annotations
@@ -19,6 +16,7 @@ import sys
 from pathlib import Path
 
 from relay import config as config_module
+from relay.cli.common import CommandError, add_config_option, load
 from relay.plugins import Components, PluginError, make_plugin_manager
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
@@ -26,7 +24,6 @@ FORMATS = ("json", "form", "multipart")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from relay.cli import add_config_option
 
     actions = parser.add_subparsers(dest="webhooks_command", required=True)
     add = actions.add_parser("add", help="append a webhook to the configuration file")
@@ -66,8 +63,6 @@ def _pair(text: str) -> tuple[str, str]:
 
 def add_webhook(args) -> int:
     import tomlkit
-
-    from relay.cli import CommandError
 
     path = args.config.resolve()
     try:
@@ -151,10 +146,9 @@ def _inline(values: dict):
 
 def _validate(text: str, path: Path) -> None:
     """What ``relay check`` would say about the edited file, before it is written."""
-    from relay.cli import CommandError
 
     try:
-        config = config_module.parse(config_module.tomllib.loads(text), path)
+        config = config_module.loads(text, path)
         Components.collect(make_plugin_manager(config)).bind(config)
     except config_module.ConfigError as e:
         raise CommandError(*e.errors, f"{path.name} is unchanged") from None
@@ -176,7 +170,6 @@ def _replace(path: Path, text: str) -> None:
 
 
 def list_webhooks(args) -> int:
-    from relay.cli import load
 
     config, _, _ = load(args.config)
     for w in config.webhooks:

@@ -19,9 +19,9 @@ from collections.abc import Iterable
 import pluggy
 import trio
 
-from relay.attempt import Attempts
 from relay.clock import Clock
 from relay.config import Config, Webhook
+from relay.delivery.attempt import Attempts
 from relay.journal import Journal, JournalError
 from relay.model import Delivery
 from relay.plugins import Components

@@ -10,7 +10,7 @@ split raised batch ingest by 20-50% and cut p99 at 3,000 events/s by 2-3x, and c
 p50 at 1,000/s (a cross-process wake-up on the way: ~0.1-0.3 ms per hop on this VM) and one
 more interpreter (~35 MB). ``[relay] delivery = "inline"`` keeps everything in one process.
 
-What crosses the pipes (frames of relay/frames.py):
+What crosses the pipes (frames of relay/journal/frames.py):
 
 - stdin, from the relay: lists of commands: ``("deliver", rows)`` for deliveries just journaled,
   ``("wake",)`` when the relay put some to sleep in the journal instead, ``("reload", text)``
@@ -45,9 +45,9 @@ import trio
 from relay import config as config_module
 from relay.clock import Clock
 from relay.config import configure_logging
-from relay.dispatch import Dispatcher
-from relay.frames import FrameReader, encode
+from relay.delivery.dispatch import Dispatcher
 from relay.journal import Journal, JournalError
+from relay.journal.frames import FrameReader, encode
 from relay.model import Delivery, Event
 from relay.plugins import Components, PluginError, close_transports, load_with_plugins
 

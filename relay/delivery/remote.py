@@ -1,4 +1,4 @@
-"""The relay's side of the delivery process (relay/delivery_process.py, which says why it is one).
+"""The relay's side of the delivery process (relay/delivery/process.py, which says why it is one).
 
 ``RemoteDispatcher`` stands where the in-process ``Dispatcher`` stands: ingest calls
 ``submit``, the relay ``reconfigure``, ``stop_intake`` and ``in_flight``. Behind them it starts
@@ -22,8 +22,8 @@ import trio
 
 from relay.clock import Clock
 from relay.config import Config, ConfigError
-from relay.frames import FrameReader, encode
 from relay.journal import Journal
+from relay.journal.frames import FrameReader, encode
 from relay.model import Delivery
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class RemoteDispatcher:
                 [
                     sys.executable,
                     "-m",
-                    "relay.delivery_process",
+                    "relay.delivery.process",
                     str(self.config.path.absolute()),
                     str(previous_run),
                     repr(run_start),

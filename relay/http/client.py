@@ -23,8 +23,8 @@ from urllib.parse import urlsplit
 
 import trio
 
-from relay.http11 import HEADER_NAME, HEADER_VALUE, REQUEST_TARGET, HTTPStream, ProtocolError
-from relay.model import PermanentFailure, Request, Response
+from relay.http.http11 import HEADER_NAME, HEADER_VALUE, REQUEST_TARGET, HTTPStream, ProtocolError
+from relay.http.messages import PermanentFailure, Request, Response
 
 USER_AGENT = "relay/0.1"
 _NO_BODY_STATUSES = frozenset({204, 304})

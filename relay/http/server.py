@@ -4,7 +4,7 @@ Why not hypercorn, nor h11: measured on this machine (../shared/design/performan
 hypercorn's trio worker serves ~2,200 requests/s and a plain h11 loop ~9,400/s, and with
 single-event requests h11 was 58% of the relay's profile. Ingest must never be what limits the
 relay. The API is tiny (JSON in, JSON out), so the server is too: keep-alive, a bounded body,
-bounded waits, HTTP/1.1 framing from relay/http11.py, and a handler that maps
+bounded waits, HTTP/1.1 framing from relay/http/http11.py, and a handler that maps
 (method, path, headers, body) to (status, JSON).
 """
 
@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import trio
 
-from relay.http11 import Closed, HTTPStream, ProtocolError
+from relay.http.http11 import Closed, HTTPStream, ProtocolError
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from relay import events
-from relay.http_server import HTTPRequest
+from relay.http.server import HTTPRequest
+from relay.ingest import events
 from relay.journal import JournalError
 from relay.model import Delivery, Event
 

@@ -7,7 +7,7 @@ commit reach ~170,000/s. So one task, the committer, sends whatever accumulated 
 previous commit ran as the next batch (group commit): durability costs one fsync per batch, not
 per event, whatever the disk's fsync latency.
 
-The SQL runs in a writer process (relay/journal_process.py says why not a thread), or, with
+The SQL runs in a writer process (relay/journal/writer.py says why not a thread), or, with
 ``[relay] journal = "inline"``, on the trio thread itself (no process; the loop blocks for each
 commit's fsync).
 
@@ -34,10 +34,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
-from attrs import define, frozen
+from attrs import define
 
-from relay import journal_sql
-from relay.frames import FrameReader, encode
+from relay.journal import sqlite as journal_sql
+from relay.journal.frames import FrameReader, encode
 from relay.model import Delivery, Event, Outcome
 
 log = logging.getLogger(__name__)
@@ -195,7 +195,7 @@ class Journal:
         """When the earliest sleeping delivery to any of ``webhook_ids`` is due (inf: none)."""
         return await self._call("next_due", list(webhook_ids))
 
-    # -- retention (relay/retention.py) -------------------------------------------------
+    # -- retention (relay/journal/retention.py) -------------------------------------------------
 
     async def prune(self, after: int, cutoff: float, limit: int) -> tuple[int, int, bool]:
         """Look at up to ``limit`` events after rowid ``after``; delete those older than
@@ -205,7 +205,7 @@ class Journal:
     # -- for the delivery process --------------------------------------------------------
 
     async def forward(self, batch: list[tuple[str, tuple]]) -> list[tuple[bool, object]]:
-        """Run a batch the delivery process's own committer made (relay/delivery_process.py);
+        """Run a batch the delivery process's own committer made (relay/delivery/process.py);
         its operations join this journal's queue, in order, and commit with ingest's."""
         ops = [_Op(name, args, trio.Event()) for name, args in batch]
         for op in ops:
@@ -333,7 +333,7 @@ def _merge(ops: list[_Op]) -> tuple[list[tuple[str, tuple]], list[list[_Op]]]:
 
 
 class ProcessWriter:
-    """The writer process (relay/journal_process.py), spoken to over its stdin and stdout."""
+    """The writer process (relay/journal/writer.py), spoken to over its stdin and stdout."""
 
     def __init__(self, process: trio.Process):
         self.process = process
@@ -342,7 +342,7 @@ class ProcessWriter:
     @classmethod
     async def start(cls, state_dir: Path) -> ProcessWriter:
         process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "relay.journal_process", str(state_dir)],
+            [sys.executable, "-m", "relay.journal.writer", str(state_dir)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
@@ -404,19 +404,3 @@ class InlineWriter:
 
     async def aclose(self) -> None:
         self.conn.close()
-
-
-@frozen
-class DeliveryRow:
-    id: str
-    webhook_id: str
-    event: str
-    state: str
-    attempts: int
-    next_at: float | None
-    last_outcome: str | None
-
-
-def list_deliveries(state_dir: Path, **filters) -> list[DeliveryRow]:
-    """See ``journal_sql.list_deliveries``."""
-    return [DeliveryRow(*row) for row in journal_sql.list_deliveries(state_dir, **filters)]

@@ -1,7 +1,7 @@
 """The journal's SQLite schema and every operation on it, as plain blocking functions.
 
 Operations are named and take plain data (tuples of str, bytes, float), so the same code runs in
-the journal's writer process (relay/journal_process.py, the default) or in the relay's own
+the journal's writer process (relay/journal/writer.py, the default) or in the relay's own
 process (``[relay] journal = "inline"``, and tests on trio's MockClock). ``run_batch`` runs a
 batch of them in one transaction: one fsync for all (group commit).
 """

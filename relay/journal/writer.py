@@ -6,9 +6,9 @@ managed 2-4 calls a second beside one busy task (10,900 with none). A process ha
 interpreter: the relay sends it a batch over a pipe and gets the results back when the batch
 is committed and fsynced, whatever the relay's loop is doing meanwhile.
 
-Frames both ways are those of relay/frames.py: a batch of ``(operation, args)`` pairs in, a list
-of ``(ok, result or error text)`` out (see relay/journal_sql.py). The first
-frame out says whether the journal opened. The writer ends when its input closes: after the
+Frames both ways are those of relay/journal/frames.py: a batch of ``(operation, args)`` pairs in,
+a list of ``(ok, result or error text)`` out (see relay/journal/sqlite.py). The first frame out
+says whether the journal opened. The writer ends when its input closes: after the
 relay exits, even by kill -9, it finishes the batch it has, commits it, and exits.
 """
 
@@ -19,8 +19,8 @@ import signal
 import sys
 from pathlib import Path
 
-from relay import journal_sql
-from relay.frames import HEADER, encode
+from relay.journal import sqlite as journal_sql
+from relay.journal.frames import HEADER, encode
 
 
 def _read_exactly(stream, size: int) -> bytes | None:

@@ -1,7 +1,7 @@
 """Every hook a relay plugin can implement.
 
 relay's own behaviour is made of plugins that implement these same hooks
-(``relay/default_plugins``), so anything the built-ins do, a plugin can do differently.
+(``relay/plugins/builtin``), so anything the built-ins do, a plugin can do differently.
 
 pluggy does not await, so every hook here is an ordinary function. Hooks that need I/O return an
 object with async methods (a transport) or an awaitable, which relay awaits.
@@ -35,7 +35,7 @@ def register_transports(register):
     ``factory(config) -> transport`` is called once when relay starts. The transport owns its
     connections and has two async methods: ``send(webhook, request) -> Response``, which raises
     on a connection error (relay bounds it with the webhook's ``timeout`` and cancels it past that),
-    and ``aclose()``. Built in: ``"http"``, keep-alive HTTP/1.1 (relay/http_client.py).
+    and ``aclose()``. Built in: ``"http"``, keep-alive HTTP/1.1 (relay/http/client.py).
     """
 
 

@@ -19,15 +19,15 @@ import pluggy
 import trio
 from attrs import frozen
 
-from relay import hookspecs
 from relay.config import Config, ConfigError, load, structure
+from relay.plugins import hookspecs
 
 DEFAULT_PLUGINS = (
-    "relay.default_plugins.plain",
-    "relay.default_plugins.compose",
-    "relay.default_plugins.signature",
-    "relay.default_plugins.http_transport",
-    "relay.default_plugins.backoff",
+    "relay.plugins.builtin.plain",
+    "relay.plugins.builtin.compose",
+    "relay.plugins.builtin.signature",
+    "relay.plugins.builtin.http_transport",
+    "relay.plugins.builtin.backoff",
 )
 
 

@@ -1,12 +1,12 @@
-"""Each hook in relay/hookspecs.py, implemented by an inline plugin in a running relay."""
+"""Each hook in relay/plugins/hookspecs.py, implemented by an inline plugin in a running relay."""
 
 import json
 
 import attrs
 import trio
 
-from relay.hookspecs import hookimpl
 from relay.model import Request, Response
+from relay.plugins import hookimpl
 from tests.conftest import no_retry_delay, seed_events, start_receiver
 from tests.plugins.helpers import journal_rows, wait_until_finished
 

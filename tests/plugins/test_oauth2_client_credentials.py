@@ -13,7 +13,7 @@ import trio.testing
 
 from plugins import oauth2_client_credentials as oauth2
 from relay.config import ConfigError
-from relay.http_server import HTTPRequest, HTTPServer
+from relay.http.server import HTTPRequest, HTTPServer
 from relay.plugins import Components, make_plugin_manager
 from tests.conftest import make_config, no_retry_delay, seed_events
 from tests.plugins.helpers import journal_rows, wait_until_finished

@@ -7,7 +7,7 @@ many deliveries that failed together.
 
 import random
 
-from relay.hookspecs import hookimpl
+from relay.plugins import hookimpl
 
 
 def exponential(webhook, attempt, outcome):

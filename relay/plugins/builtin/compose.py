@@ -2,11 +2,11 @@
 
 Not ``trylast``, so it answers before the plain renderer; webhooks without a compiled template
 (nothing composed) are left to it. The template was compiled when the configuration loaded
-(relay/templates.py), so rendering here is one pass over an event, and an event that cannot
+(relay/compose/), so rendering here is one pass over an event, and an event that cannot
 render is a ``PermanentFailure`` of that delivery.
 """
 
-from relay.hookspecs import hookimpl
+from relay.plugins import hookimpl
 
 
 @hookimpl

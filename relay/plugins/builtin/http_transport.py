@@ -1,7 +1,6 @@
-"""The built-in ``"http"`` transport: keep-alive HTTP/1.1 (see relay/http_client.py)."""
+"""The built-in ``"http"`` transport: keep-alive HTTP/1.1 (see relay/http/client.py)."""
 
-from relay.hookspecs import hookimpl
-from relay.http_client import HTTPClient
+from relay.plugins import HTTPClient, hookimpl
 
 
 class HTTPTransport:

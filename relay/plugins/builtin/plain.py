@@ -1,7 +1,7 @@
 """Plain webhooks: POST the event JSON as it came in."""
 
-from relay.hookspecs import hookimpl
 from relay.model import Request
+from relay.plugins import hookimpl
 
 JSON = (("Content-Type", "application/json"),)
 

@@ -8,7 +8,7 @@ import functools
 import hashlib
 import hmac
 
-from relay.hookspecs import hookimpl
+from relay.plugins import hookimpl
 
 
 @functools.lru_cache(maxsize=1024)

@@ -1,0 +1,56 @@
+"""``relay run`` and ``relay reload``: the daemon's life."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import httpx
+import trio
+
+from relay import config as config_module
+from relay.cli.common import CommandError, admin_request, first_error, load
+from relay.journal import JournalError
+
+
+def cmd_run(args) -> int:
+    """run the relay until SIGTERM or SIGINT"""
+    from relay.daemon import Relay, serve
+    from relay.delivery.remote import DeliveryProcessError
+
+    config, pm, components = load(args.config)
+    config_module.configure_logging(config)
+    log = logging.getLogger("relay")
+    status = 0
+    try:
+        trio.run(serve, Relay(config, pm, components))
+    except* OSError as group:
+        log.error("cannot start: %s", first_error(group))
+        status = 1
+    except* (JournalError, DeliveryProcessError) as group:
+        log.error("stopping: %s", first_error(group))
+        status = 1
+    return status
+
+
+def cmd_reload(args) -> int:
+    """ask the running relay to reload its configuration (as SIGHUP does)"""
+    config = config_module.load_for_admin(args.config)
+    try:
+        response = admin_request(config, "POST", "/reload")
+    except httpx.HTTPError as e:
+        raise CommandError(f"cannot reach the relay of {args.config}: {e}") from None
+    answer = response.json()
+    if response.status_code != 200:
+        print(answer.get("error", response.text), file=sys.stderr)
+        for line in answer.get("problems", []):
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    print(
+        f"reloaded: {len(answer['webhooks'])} webhook(s); "
+        f"added: {', '.join(answer['added']) or 'none'}; "
+        f"removed: {', '.join(answer['removed']) or 'none'}"
+    )
+    if answer["restart_needed"]:
+        print(f"restart to apply: {', '.join(answer['restart_needed'])}")
+    return 0

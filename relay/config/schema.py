@@ -1,0 +1,212 @@
+"""What relay.toml holds: frozen attrs classes, their defaults, and the checks on each value.
+
+The classes know nothing of TOML or of how errors are worded for a person; relay/config/loading.py
+reads the file into them. A validator's complaint is a ``FieldError`` naming its field, so that
+loading can place it (``relay.toml: webhooks[0].url: ...``).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from attrs import field, frozen
+
+from relay.compose import RequestTemplate
+
+PLACEHOLDER_OPEN = "@{{"
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; ``errors`` holds one actionable line per problem."""
+
+    def __init__(self, errors: list[str]):
+        self.errors = errors
+        super().__init__("\n".join(errors))
+
+
+class FieldError(ValueError):
+    """A validator's complaint about one field; attrs reports it against the whole class."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(message)
+
+
+def validator(check):
+    """Wrap ``check(value) -> message or None`` into an attrs validator whose message lands on
+    ``table.field`` (``relay.toml: webhooks[0].url: ...``). Plugins use it for their option
+    tables too."""
+
+    @functools.wraps(check)
+    def validate(instance, attribute, value):
+        if value is not None and (message := check(value)):
+            raise FieldError(attribute.name, message)
+
+    return validate
+
+
+@validator
+def _positive(value):
+    if not value > 0:
+        return f"must be greater than 0, got {value!r}"
+
+
+@validator
+def _not_negative(value):
+    if not value >= 0:  # nan too
+        return f"must be 0 or more, got {value!r}"
+
+
+@validator
+def _at_least_one(value):
+    if value < 1:
+        return f"must be at least 1, got {value!r}"
+
+
+WEBHOOK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+
+
+@validator
+def _webhook_id(value):
+    if not WEBHOOK_ID.match(value):
+        return "must be 1-128 letters, digits or '_.:-', starting with a letter or digit"
+
+
+@validator
+def _url(value):
+    """Static scheme, host and port: no event can redirect a request to another host."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as e:
+        return f"not a valid URL ({e})"
+    if parts.scheme not in ("http", "https"):
+        return "must start with http:// or https://"
+    if PLACEHOLDER_OPEN in parts.netloc or PLACEHOLDER_OPEN in parts.scheme:
+        return "placeholders may not appear in the scheme, host or port"
+    if not parts.hostname:
+        return "has no host"
+
+
+@validator
+def _listen(value):
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        return "must be HOST:PORT, e.g. 127.0.0.1:8765"
+
+
+def _one_of(*choices: str):
+    @validator
+    def check(value):
+        if value not in choices:
+            return f"must be one of {', '.join(choices)}, got {value!r}"
+
+    return check
+
+
+@validator
+def _jitter(value):
+    if not 0 <= value <= 1:
+        return f"must be a fraction between 0 and 1, got {value!r}"
+
+
+@frozen
+class Backoff:
+    """Delay after failed attempt n: ``min(first * factor ** (n - 1), max)``, seconds."""
+
+    first: float = field(default=10.0, validator=_positive)
+    factor: float = field(default=10.0, validator=_positive)
+    max: float = field(default=100000.0, validator=_positive)
+    jitter: float = field(default=0.0, validator=_jitter)
+
+    def delay(self, failed_attempt: int) -> float:
+        return min(self.first * self.factor ** (failed_attempt - 1), self.max)
+
+
+@frozen(kw_only=True)
+class DeliverySettings:
+    """Delivery settings: ``[defaults]`` sets them for every webhook, a webhook for itself."""
+
+    timeout: float = field(default=3.0, validator=_positive)
+    tries: int = field(default=3, validator=_at_least_one)
+    backoff: Backoff = Backoff()
+    concurrency: int = field(default=16, validator=_at_least_one)
+    signer: str = "signature"
+    transport: str = "http"
+    retry: str = "exponential"
+
+
+@frozen(kw_only=True)
+class Webhook(DeliverySettings):
+    """One destination. Unset delivery keys come from ``[defaults]``."""
+
+    id: str = field(validator=_webhook_id)
+    url: str = field(validator=_url)
+    events: tuple[str, ...] = ("*",)
+    name: str | None = None
+    # A list holds several secrets during a rotation; signers that can, sign with each.
+    secret: str | tuple[str, ...] | None = field(default=None, repr=False)
+    # Plugin option tables (``[webhooks.NAME]``), keyed by NAME: raw tables when read, then the
+    # objects of the classes plugins register for them (see plugins.Components.bind).
+    options: dict[str, Any] = field(factory=dict, repr=False)
+    # Compose webhooks (see relay/compose/): setting any of these shapes the request.
+    method: str | None = field(
+        default=None, validator=_one_of("GET", "POST", "PUT", "PATCH", "DELETE")
+    )
+    headers: dict[str, str] | None = field(default=None, repr=False)  # may hold a token
+    body: dict[str, Any] | None = None
+    body_format: str | None = field(default=None, validator=_one_of("json", "form", "multipart"))
+    on_missing: str = field(default="empty", validator=_one_of("empty", "fail"))
+    # Compiled from the keys above and [secrets] when the file loads; never read from the file.
+    template: RequestTemplate | None = field(default=None, repr=False)
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every signing secret, newest first; the seed signs with the webhook's id when none."""
+        if self.secret is None:
+            return (self.id,)
+        return (self.secret,) if isinstance(self.secret, str) else self.secret
+
+    @property
+    def signing_key(self) -> bytes:
+        return self.secrets[0].encode()
+
+
+@frozen
+class RelaySettings:
+    listen: str | None = field(default=None, validator=_listen)
+    socket: Path | None = None
+    state_dir: Path = Path("var")
+    plugins: tuple[str, ...] = ()
+    plugins_dir: Path | None = None
+    max_body: int = field(default=1024 * 1024, validator=_at_least_one)
+    grace: float = field(default=10.0, validator=_positive)
+    queue: int = field(default=1024, validator=_at_least_one)
+    # Seconds a finished delivery (and its event) stays in the journal; 0 keeps all forever.
+    retention: float = field(default=86400.0, validator=_not_negative)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    watch: bool = False  # reload when the file changes
+    # "process": SQLite in a writer process (default); "inline": on the relay's trio thread.
+    journal: Literal["process", "inline"] = "process"
+    # "process": lanes, scheduler and attempts in a delivery process of their own (default);
+    # "inline": in the relay's own trio thread (tests on trio's MockClock need that).
+    delivery: Literal["process", "inline"] = "process"
+
+
+@frozen
+class Config:
+    path: Path
+    relay: RelaySettings
+    defaults: DeliverySettings
+    webhooks: tuple[Webhook, ...]
+
+    def webhook(self, webhook_id: str) -> Webhook | None:
+        return self._by_id.get(webhook_id)
+
+    @functools.cached_property
+    def _by_id(self) -> dict[str, Webhook]:
+        return {w.id: w for w in self.webhooks}

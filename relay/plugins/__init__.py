@@ -1,0 +1,37 @@
+"""Plugins: the hooks relay calls, how plugins are found, and the built-in plugins.
+
+Everything a plugin may rely on is exported here: ``hookimpl`` (the marker for hook
+implementations, documented in ``hookspecs`` and docs/hooks.md), ``validator`` and
+``FieldError`` (checks for a plugin's option table, reported with their place in relay.toml),
+``HTTPClient`` (relay's keep-alive HTTP/1.1 client, for transports), and ``PermanentFailure``.
+The values a hook gets and returns are in relay.model.
+
+For relay itself: ``make_plugin_manager``, ``load_with_plugins``, ``Components`` (the named
+signers, transports and retry policies plugins register), ``close_transports`` and
+``PluginError``. The built-in behaviour is a set of ordinary plugins in ``builtin/``.
+"""
+
+from relay.config import FieldError, validator
+from relay.http.client import HTTPClient
+from relay.model import PermanentFailure
+from relay.plugins.hookspecs import hookimpl
+from relay.plugins.loading import (
+    Components,
+    PluginError,
+    close_transports,
+    load_with_plugins,
+    make_plugin_manager,
+)
+
+__all__ = [
+    "Components",
+    "FieldError",
+    "HTTPClient",
+    "PermanentFailure",
+    "PluginError",
+    "close_transports",
+    "hookimpl",
+    "load_with_plugins",
+    "make_plugin_manager",
+    "validator",
+]
