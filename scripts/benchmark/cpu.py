@@ -86,9 +86,10 @@ def system_peak_rss_mb(pid: int) -> float:
 
 
 BENCH_PARTS = ("load generator", "receiver")  # CpuSplit's parts that are the bench's own
-# The relay's processes by the module each runs (relay/journal.py and relay/remote_dispatch.py
-# start them with "-m"); its first process, which takes the events, is "relay".
-PARTS = {b"relay.journal_process": "writer", b"relay.delivery_process": "delivery"}
+# The relay's processes by the module each runs (relay/journal/committer.py and
+# relay/delivery/remote.py start them with "-m"); its first process, which takes the events, is
+# "relay".
+PARTS = {b"relay.journal.writer": "writer", b"relay.delivery.process": "delivery"}
 
 
 def part_of(pid: int, top: str) -> str:
