@@ -18,8 +18,7 @@ from pathlib import Path
 
 from attrs import field, frozen
 
-from relay.config import validator
-from relay.plugins import hookimpl
+from relay.plugins import hookimpl, validator
 
 
 def _env_problem(name: str) -> str | None:

@@ -26,9 +26,8 @@ from pathlib import Path
 import trio
 from attrs import field, frozen
 
-from relay.config import FieldError
 from relay.model import Response
-from relay.plugins import hookimpl
+from relay.plugins import FieldError, hookimpl
 
 
 def _check_path(instance, attribute, path: Path):

@@ -28,8 +28,7 @@ import httpx
 import trio
 from attrs import field, frozen
 
-from relay.config import validator
-from relay.plugins import hookimpl
+from relay.plugins import hookimpl, validator
 
 REFRESH_BEFORE = 60.0  # seconds before expiry; half the lifetime for tokens shorter than 2 min
 UNKNOWN_LIFETIME = 60.0  # when the endpoint does not say (expires_in is only RECOMMENDED)

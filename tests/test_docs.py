@@ -41,3 +41,17 @@ def test_no_documented_hook_is_gone(documented):
 @pytest.mark.parametrize("hook", HOOKS)
 def test_hook_has_a_test_implementing_it(hook, test_sources):
     assert re.search(rf"\bdef {hook}\(", test_sources), f"no test implements {hook}"
+
+
+@pytest.mark.parametrize(
+    "page", ["README.md", *sorted(p.name for p in (ROOT / "docs").glob("*.md"))]
+)
+def test_relative_links_resolve_inside_the_repository(page):
+    path = ROOT / page if page == "README.md" else ROOT / "docs" / page
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", path.read_text())
+    for link in links:
+        if re.match(r"[a-z]+:", link):  # https:, mailto:
+            continue
+        target = (path.parent / link).resolve()
+        assert target.is_relative_to(ROOT.resolve()), f"{page}: {link} is outside the repository"
+        assert target.exists(), f"{page}: {link} does not exist"

@@ -6,19 +6,38 @@ rejects is rejected whole, with a JSON body that names each problem, and nothing
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Iterable
+from typing import Protocol
 
+from relay.clock import Clock
+from relay.config import Config
 from relay.http.server import HTTPRequest
 from relay.ingest import events
-from relay.journal import JournalError
+from relay.journal import Journal, JournalError
 from relay.model import Delivery, Event
 
-if TYPE_CHECKING:
-    from relay.daemon import Relay
+
+class Dispatching(Protocol):
+    async def submit(self, deliveries: Iterable[Delivery]) -> None: ...
+
+
+class Ingesting(Protocol):
+    """What the API needs of the relay it serves (relay.daemon.Relay is one): the API knows this
+    interface, not the daemon, so that data flows one way."""
+
+    config: Config
+    router: events.Router
+    clock: Clock
+    journal: Journal
+    dispatcher: Dispatching
+
+    async def try_reload(self) -> tuple[bool, dict]: ...
+
+    def status(self) -> dict: ...
 
 
 class Api:
-    def __init__(self, relay: Relay):
+    def __init__(self, relay: Ingesting):
         self.relay = relay
 
     async def __call__(self, request: HTTPRequest) -> tuple[int, dict | bytes]:
