@@ -55,3 +55,14 @@ def test_relative_links_resolve_inside_the_repository(page):
         target = (path.parent / link).resolve()
         assert target.is_relative_to(ROOT.resolve()), f"{page}: {link} is outside the repository"
         assert target.exists(), f"{page}: {link} does not exist"
+
+
+def test_every_test_docs_reference_names_exists(test_sources):
+    """docs/reference.md proves each statement of the reference document with a named test."""
+    cited = re.findall(r"`(tests/[\w/]+\.py)::(\w+)`", (ROOT / "docs" / "reference.md").read_text())
+    assert len(cited) >= 10
+    for path, name in cited:
+        assert (ROOT / path).exists(), f"docs/reference.md cites {path}, which does not exist"
+        assert re.search(rf"^(async )?def {name}\(", (ROOT / path).read_text(), re.M), (
+            f"docs/reference.md cites {path}::{name}, which is not a test there"
+        )
