@@ -11,6 +11,7 @@ import trio
 from relay import config as config_module
 from relay.cli.common import CommandError, admin_request, first_error, load
 from relay.journal import JournalError
+from relay.journal.lock import StateDirLocked
 
 
 def cmd_run(args) -> int:
@@ -24,7 +25,7 @@ def cmd_run(args) -> int:
     status = 0
     try:
         trio.run(serve, Relay(config, pm, components))
-    except* OSError as group:
+    except* (OSError, StateDirLocked) as group:
         log.error("cannot start: %s", first_error(group))
         status = 1
     except* (JournalError, DeliveryProcessError) as group:

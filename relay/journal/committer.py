@@ -36,6 +36,7 @@ from pathlib import Path
 import trio
 from attrs import define
 
+from relay.journal import lock
 from relay.journal import sqlite as journal_sql
 from relay.journal.frames import FrameReader, encode
 from relay.model import Delivery, Event, Outcome
@@ -95,9 +96,11 @@ class Journal:
     @classmethod
     @asynccontextmanager
     async def open(cls, state_dir: Path, *, mode: str = "process"):
+        """The journal in ``state_dir``, held by this process alone while it is open."""
         start = ProcessWriter.start if mode == "process" else InlineWriter.start
-        async with cls.running(await start(state_dir)) as journal:
-            yield journal
+        with lock.hold(state_dir):  # raises lock.StateDirLocked
+            async with cls.running(await start(state_dir)) as journal:
+                yield journal
 
     @classmethod
     @asynccontextmanager
