@@ -15,7 +15,7 @@ from relay.journal import JournalError
 
 def cmd_run(args) -> int:
     """run the relay until SIGTERM or SIGINT"""
-    from relay.daemon import Relay, serve
+    from relay.daemon import Relay, StartError, serve
     from relay.delivery.remote import DeliveryProcessError
 
     config, pm, components = load(args.config)
@@ -24,6 +24,9 @@ def cmd_run(args) -> int:
     status = 0
     try:
         trio.run(serve, Relay(config, pm, components))
+    except* StartError as group:
+        log.error("cannot start: %s", first_error(group))
+        status = 1
     except* OSError as group:
         log.error("cannot start: %s", first_error(group))
         status = 1
