@@ -6,8 +6,10 @@ first and closes last (it drains what was queued), ingest starts last and stops 
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
+from pathlib import Path
 
 import pluggy
 import trio
@@ -15,19 +17,27 @@ import trio
 from relay import config as config_module
 from relay.clock import Clock
 from relay.config import Config, ConfigError
+from relay.config.paths import describe, directory_problem, socket_problem
 from relay.delivery.dispatch import Dispatcher
 from relay.delivery.remote import EXIT_MARGIN, RemoteDispatcher
 from relay.http.server import HTTPServer, open_tcp_listeners, open_unix_listener
 from relay.ingest.api import Api
 from relay.ingest.events import Router
-from relay.journal import Journal
+from relay.journal import FILENAME, Journal
 from relay.journal.retention import Pruner
 from relay.plugins import Components, close_transports
+from relay.plugins.loading import plugin_file_digests
 
 log = logging.getLogger(__name__)
 
 # [relay] settings that a reload cannot change in a running relay.
 RESTART_KEYS = ("listen", "socket", "state_dir", "plugins", "plugins_dir", "journal", "delivery")
+IN_USE = "is a relay already running with this file?"
+
+
+class StartError(Exception):
+    """What keeps a relay from starting, in one line naming the address or path and its key
+    (``cannot listen on 127.0.0.1:8765 ([relay] listen): address already in use``)."""
 
 
 class Relay:
@@ -40,6 +50,7 @@ class Relay:
         self.config = config = components.bind(config)
         self.pm = pm
         self.components = components
+        self._plugin_files = plugin_file_digests(config.relay.plugins_dir)  # what it loaded
         self.router = Router(config.webhooks)
         self.stopping = False
         self._ingest_scope = trio.CancelScope()
@@ -54,6 +65,8 @@ class Relay:
         relay = self.config.relay
         self.clock = Clock()
         self.transports = {}
+        if problem := directory_problem(relay.state_dir, (FILENAME, f"{FILENAME}-wal")):
+            raise StartError(state_dir_error(relay.state_dir, problem))
         async with Journal.open(relay.state_dir, mode=relay.journal) as journal:
             self.journal = journal
             self.pruner = Pruner(journal, self.clock, relay.retention)
@@ -146,6 +159,8 @@ class Relay:
         restart_needed = [
             key for key in RESTART_KEYS if getattr(new.relay, key) != getattr(old.relay, key)
         ]
+        if "plugins_dir" not in restart_needed and (files := self._plugin_files_changed()):
+            restart_needed.append(f"plugins_dir ({files})")
         self.config = new
         self.router = Router(new.webhooks)
         if self._server is not None:
@@ -189,12 +204,25 @@ class Relay:
             problems = e.errors
         except Exception as e:  # noqa: BLE001 - e.g. a plugin's transport failed to start
             problems = [f"{type(e).__name__}: {e}"]
+        if files := self._plugin_files_changed():  # perhaps why: a signer they register
+            problems.append(f"plugins_dir: plugin files load at a restart, not a reload ({files})")
         for line in problems:
             log.error("reload rejected, the running configuration stays: %s", line)
         return False, {
             "error": "reload rejected; the running configuration stays",
             "problems": problems,
         }
+
+    def _plugin_files_changed(self) -> str:
+        """How the plugins directory differs from what this relay loaded, or ""."""
+        before = self._plugin_files
+        after = plugin_file_digests(self.config.relay.plugins_dir)
+        changes = (
+            ("added", sorted(after.keys() - before.keys())),
+            ("changed", sorted(n for n in after.keys() & before.keys() if after[n] != before[n])),
+            ("removed", sorted(before.keys() - after.keys())),
+        )
+        return "; ".join(f"{what}: {', '.join(names)}" for what, names in changes if names)
 
     async def _run_remote(self, previous_run: int, run_start: float, *, task_status) -> None:
         with self._dispatch_scope:
@@ -216,11 +244,7 @@ class Relay:
         relay = self.config.relay
         started = False
         with self._ingest_scope:
-            listeners = []
-            if relay.listen:
-                listeners.extend(await open_tcp_listeners(relay.listen))
-            if relay.socket:
-                listeners.append(await open_unix_listener(relay.socket))
+            listeners = await open_listeners(relay)
             try:
                 addresses = [_address(listener) for listener in listeners]
                 for address in addresses:
@@ -237,6 +261,42 @@ class Relay:
                     relay.socket.unlink(missing_ok=True)
         if not started:  # stopped while starting
             task_status.started([])
+
+
+async def open_listeners(relay: config_module.RelaySettings) -> list[trio.SocketListener]:
+    """The listeners of ``[relay] listen`` and ``socket``; raise StartError naming the one that
+    cannot be opened, and why."""
+    listeners = []
+    try:
+        if relay.listen:
+            try:
+                listeners.extend(await open_tcp_listeners(relay.listen))
+            except OSError as e:
+                raise StartError(listen_error(relay.listen, "[relay] listen", e)) from None
+        if relay.socket:
+            if problem := socket_problem(relay.socket):
+                raise StartError(f"cannot listen on {relay.socket} ([relay] socket): {problem}")
+            try:
+                listeners.append(await open_unix_listener(relay.socket))
+            except OSError as e:
+                raise StartError(listen_error(relay.socket, "[relay] socket", e)) from None
+    except BaseException:
+        for listener in listeners:
+            listener.socket.close()
+        raise
+    return listeners
+
+
+def listen_error(address, key: str, error: OSError) -> str:
+    if error.errno == errno.EADDRINUSE:
+        reason = f"address already in use ({IN_USE})"
+    else:
+        reason = describe(error)
+    return f"cannot listen on {address} ({key}): {reason}"
+
+
+def state_dir_error(path: Path, problem: str) -> str:
+    return f"cannot keep the journal in {path} ([relay] state_dir): {problem}"
 
 
 def _count_tasks(task) -> int:

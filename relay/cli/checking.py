@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from relay.cli.common import load
+import sys
+
+from relay.cli import preflight
+from relay.cli.common import CommandError, load
 
 
 def cmd_check(args) -> int:
     """validate the configuration and list the webhooks it defines"""
     config, _, _ = load(args.config)
+    errors, warnings = preflight.start_problems(config)
+    warnings += secret_warnings(config)
+    for line in warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    if errors:
+        raise CommandError(*errors)
     print(f"{config.path.name}: ok, {len(config.webhooks)} webhook(s)")
     for w in config.webhooks:
         print(
@@ -15,6 +24,17 @@ def cmd_check(args) -> int:
             f"tries={w.tries} timeout={w.timeout:g}s"
         )
     return 0
+
+
+def secret_warnings(config) -> list[str]:
+    """The reference signs with the webhook's id when it has no secret: relay keeps that, and
+    says that anyone who knows the id can forge a signature."""
+    return [
+        f"{config.path.name}: webhooks[{i}] (id {w.id}): signs with its id, which is guessable; "
+        "set secret"
+        for i, w in enumerate(config.webhooks)
+        if w.secret is None and w.signer != "none"
+    ]
 
 
 KIND_NAMES = {

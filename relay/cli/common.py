@@ -26,7 +26,7 @@ def load(config_path: Path):
     except config_module.ConfigError as e:
         raise CommandError(*e.errors) from None
     except PluginError as e:
-        raise CommandError(f"{config_path.name}: {e}") from None
+        raise CommandError(str(e)) from None
 
 
 def add_config_option(parser: argparse.ArgumentParser) -> None:

@@ -16,7 +16,7 @@ from relay.journal.lock import StateDirLocked
 
 def cmd_run(args) -> int:
     """run the relay until SIGTERM or SIGINT"""
-    from relay.daemon import Relay, serve
+    from relay.daemon import Relay, StartError, serve
     from relay.delivery.remote import DeliveryProcessError
 
     config, pm, components = load(args.config)
@@ -25,7 +25,7 @@ def cmd_run(args) -> int:
     status = 0
     try:
         trio.run(serve, Relay(config, pm, components))
-    except* (OSError, StateDirLocked) as group:
+    except* (StartError, StateDirLocked, OSError) as group:
         log.error("cannot start: %s", first_error(group))
         status = 1
     except* (JournalError, DeliveryProcessError) as group:

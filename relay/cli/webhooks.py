@@ -153,7 +153,7 @@ def _validate(text: str, path: Path) -> None:
     except config_module.ConfigError as e:
         raise CommandError(*e.errors, f"{path.name} is unchanged") from None
     except PluginError as e:
-        raise CommandError(f"{path.name}: {e}", f"{path.name} is unchanged") from None
+        raise CommandError(str(e), f"{path.name} is unchanged") from None
 
 
 def _replace(path: Path, text: str) -> None:

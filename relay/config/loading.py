@@ -45,14 +45,51 @@ def converter() -> cattrs.Converter:
     secret_type = str | tuple[str, ...] | None
     c.register_structure_hook_func(lambda t: t == secret_type, _structure_secret)
     c.register_structure_hook_func(lambda t: t == dict[str, Any], lambda v, _: dict(v))
+    # Plugins' option tables too: no list of strings in relay.toml is split into characters.
+    c.register_structure_hook_func(lambda t: t == tuple[str, ...], _one_or_more("a string"))
+    c.register_structure_hook_func(
+        lambda t: t == list[str], lambda v, t: list(_one_or_more("a string")(v, t))
+    )
     c.register_structure_hook_func(lambda t: t == dict[str, Any] | None, _structure_table)
     c.register_structure_hook(
         Webhook,
         make_dict_structure_fn(
-            Webhook, c, template=override(omit=True), _cattrs_forbid_extra_keys=True
+            Webhook,
+            c,
+            template=override(omit=True),
+            events=override(struct_hook=_one_or_more("a pattern")),
+            _cattrs_forbid_extra_keys=True,
+        ),
+    )
+    c.register_structure_hook(
+        RelaySettings,
+        make_dict_structure_fn(
+            RelaySettings, c, plugins=override(struct_hook=_one_or_more("a module name"))
         ),
     )
     return c
+
+
+def _one_or_more(what: str):
+    """A list of strings, or one string as a list of one.
+
+    cattrs would read a string as a sequence of one-character strings: ``events = "whatsapp:*"``
+    became ten patterns, one of them ``*``, and the webhook took every event.
+    """
+
+    def structure(value, _):
+        if isinstance(value, str):
+            return (value,)
+        if isinstance(value, list):
+            wrong = next((v for v in value if not isinstance(v, str)), None)
+            if wrong is None:
+                return tuple(value)
+            got = f"an array holding {_describe_value(wrong)}"
+        else:
+            got = _describe_value(value)
+        raise TypeError(f"expected {what} or a list of {what.removeprefix('a ')}s, got {got}")
+
+    return structure
 
 
 def _structure_secret(value, _):
@@ -100,6 +137,17 @@ def _describe(value) -> str:
     if isinstance(value, list):
         return "an array"
     return type(value).__name__
+
+
+def _describe_value(value) -> str:
+    """``_describe`` with the value itself where it is short and never a secret."""
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, int):
+        return f"an integer {value}"
+    if isinstance(value, float):
+        return f"a number {value!r}"
+    return _describe(value)
 
 
 def _format_errors(exc: Exception, prefix: str) -> list[str]:

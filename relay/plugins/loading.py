@@ -7,10 +7,13 @@ the plugins directory.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import importlib.metadata
 import importlib.util
 import sys
-from collections.abc import Callable, Iterable
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +35,8 @@ DEFAULT_PLUGINS = (
 
 
 class PluginError(Exception):
-    """A plugin could not be loaded, or two plugins claim the same name."""
+    """A plugin could not be loaded, or two plugins claim the same name: one line for a person,
+    starting with where the plugin is (its file, entry point or ``[relay] plugins``)."""
 
 
 def load_with_plugins(path: Path) -> tuple[Config, pluggy.PluginManager, Components]:
@@ -52,46 +56,148 @@ async def close_transports(transports: dict) -> None:
 
 
 def make_plugin_manager(config: Config | None = None, *, entry_points: bool = True):
+    """The plugin manager for ``config``; raise PluginError naming the plugin that is wrong
+    (its file, its entry point or its line in ``[relay] plugins``) and how, never a traceback.
+    """
     pm = pluggy.PluginManager("relay")
     pm.add_hookspecs(hookspecs)
+    places: dict[str, str] = {}  # plugin name -> where a person finds it
     for name in DEFAULT_PLUGINS:
         pm.register(importlib.import_module(name), name=name)
     if entry_points:
-        pm.load_setuptools_entrypoints("relay")
+        _load_entry_points(pm, places)
     if config is not None:
+        filename = config.path.name
         for module_name in config.relay.plugins:
+            place = f"{filename}: [relay] plugins: {module_name!r}"
             try:
                 module = importlib.import_module(module_name)
             except Exception as e:  # noqa: BLE001 - any import failure is the user's to see
-                raise PluginError(f"[relay] plugins: cannot import {module_name!r}: {e}") from e
+                raise PluginError(
+                    f"{filename}: [relay] plugins: cannot import {module_name!r}: {_failure(e)}"
+                ) from None
             if not pm.is_registered(module):
-                pm.register(module, name=module_name)
-        for path in _plugin_files(config.relay.plugins_dir):
-            pm.register(_module_from_path(path), name=str(path))
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as e:
-        raise PluginError(str(e)) from e
+                _register(pm, module, module_name, place, places)
+        for path in plugin_files(config.relay.plugins_dir):
+            place = _shown(path, config.path.parent)
+            _register(pm, _module_from_path(path, place), str(path), place, places)
+    _check_pending(pm, places)
     return pm
 
 
-def _plugin_files(directory: Path | None) -> Iterable[Path]:
+def _load_entry_points(pm: pluggy.PluginManager, places: dict[str, str]) -> None:
+    """pluggy's ``load_setuptools_entrypoints``, but a broken one is named, not a traceback."""
+    for ep in importlib.metadata.entry_points(group="relay"):
+        if pm.has_plugin(ep.name) or pm.is_blocked(ep.name):
+            continue
+        dist = ep.dist
+        place = f"entry point {ep.name!r}" + (f" ({dist.name} {dist.version})" if dist else "")
+        try:
+            plugin = ep.load()
+        except Exception as e:  # noqa: BLE001
+            raise PluginError(f"{place}: cannot load plugin: {_failure(e)}") from None
+        _register(pm, plugin, ep.name, place, places)
+
+
+def _register(pm, plugin, name: str, place: str, places: dict[str, str]) -> None:
+    try:
+        pm.register(plugin, name=name)
+    except pluggy.PluginValidationError as e:
+        raise PluginError(f"{place}: {_invalid(pm, plugin, e)}") from None
+    places[name] = place
+
+
+def _invalid(pm: pluggy.PluginManager, plugin, error: pluggy.PluginValidationError) -> str:
+    """Why pluggy refused ``plugin``, in a line: most often a misspelt argument, which pluggy
+    reports in three lines naming the module object."""
+    for attr in dir(plugin):
+        opts = pm.parse_hookimpl_opts(plugin, attr)
+        hook = getattr(pm.hook, (opts or {}).get("specname") or attr, None)
+        if opts is None or hook is None or hook.spec is None:
+            continue
+        impl = pluggy.HookImpl(plugin, "", getattr(plugin, attr), opts)
+        takes = (*hook.spec.argnames, *hook.spec.kwargnames)
+        unknown = [a for a in impl.argnames if a not in takes]
+        if unknown:
+            s = "s" if len(unknown) > 1 else ""
+            return (
+                f"hook {hook.name} has no argument{s} {', '.join(map(repr, unknown))} "
+                f"(it takes {', '.join(takes) or 'none'})"
+            )
+    return "; ".join(str(error).splitlines()[1:]) or str(error)
+
+
+def _check_pending(pm: pluggy.PluginManager, places: dict[str, str]) -> None:
+    """A hook implementation whose name is no hook of relay's (misspelt, most likely)."""
+    for name, hook in vars(pm.hook).items():
+        if name.startswith("_") or hook.has_spec():
+            continue
+        for impl in hook.get_hookimpls():
+            if not impl.optionalhook:
+                place = places.get(impl.plugin_name, impl.plugin_name)
+                known = ", ".join(sorted(n for n, h in vars(pm.hook).items() if h.has_spec()))
+                raise PluginError(f"{place}: {name} is not a hook of relay's (hooks: {known})")
+
+
+def plugin_files(directory: Path | None) -> list[Path]:
+    """The files in the plugins directory that load as plugins, in the order they load."""
     if directory is None or not directory.is_dir():
-        return ()
+        return []
     return sorted(p for p in directory.glob("*.py") if not p.name.startswith("_"))
 
 
-def _module_from_path(path: Path):
+def plugin_file_digests(directory: Path | None) -> dict[str, str]:
+    """Each plugin file's name and a digest of its content: a running relay compares what it
+    loaded at start with what a restart would load."""
+    digests = {}
+    for path in plugin_files(directory):
+        try:
+            digests[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError:
+            digests[path.name] = "unreadable"
+    return digests
+
+
+def _shown(path: Path, base: Path) -> str:
+    """``plugins/x.py`` when it is beside the configuration file, else the whole path."""
+    try:
+        return str(path.relative_to(base))
+    except ValueError:
+        return str(path)
+
+
+def _module_from_path(path: Path, place: str):
     name = f"relay_plugins_dir.{path.stem}"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
-    except Exception as e:  # noqa: BLE001
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - a plugin's sys.exit() too
         del sys.modules[name]
-        raise PluginError(f"{path}: cannot load plugin: {e}") from e
+        raise PluginError(f"{place}: cannot load plugin: {_failure(e, path)}") from None
     return module
+
+
+def _failure(error: BaseException, path: Path | None = None) -> str:
+    """``RuntimeError: boom (line 3)``: the error and where it was raised, without a traceback
+    (the line in ``path`` when it is the plugin's own file)."""
+    text = str(error) if isinstance(error, ModuleNotFoundError) else _named(error)
+    frames = [
+        f for f in traceback.extract_tb(error.__traceback__) if not f.filename.startswith("<")
+    ]
+    if isinstance(error, SyntaxError):  # its message holds the file and line already
+        return text
+    if path is not None:
+        lines = [f.lineno for f in frames if Path(f.filename) == path]
+        return f"{text} (line {lines[-1]})" if lines else text
+    if frames and not isinstance(error, ModuleNotFoundError):
+        return f"{text} ({frames[-1].filename}, line {frames[-1].lineno})"
+    return text
+
+
+def _named(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
 @frozen
@@ -124,7 +230,14 @@ class Components:
                     owners[(_kind, name)] = _plugin
                     tables[_kind][name] = component
 
-                impl.function(register=register)
+                try:
+                    impl.function(register=register)
+                except PluginError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - the plugin's mistake, named
+                    raise PluginError(
+                        f"{plugin_name}: register_{kind} failed: {_failure(e)}"
+                    ) from None
         return cls(
             signers=tables["signers"],
             transports=tables["transports"],
