@@ -18,7 +18,7 @@ from relay.model import Response
 from relay.plugins import Components, hookimpl, make_plugin_manager
 from tests.daemon import kill_leftovers
 
-SEED = Path(__file__).parent / "seed_events.json"
+SEED = Path(__file__).parent.parent / "relay" / "compose" / "examples.json"
 
 
 @attrs.define

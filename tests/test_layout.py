@@ -22,7 +22,8 @@ MAY_IMPORT = {
     "relay.journal": {"relay.model", "relay.clock"},  # no HTTP, no plugins, no configuration
     "relay.compose": {"relay.model", "relay.http"},
     "relay.config": {"relay.compose"},
-    "relay.plugins": {"relay.config", "relay.http", "relay.model"},
+    # relay.compose: the variables plugins declare are compiled into its tables.
+    "relay.plugins": {"relay.compose", "relay.config", "relay.http", "relay.model"},
     # The built-ins use only what a third-party plugin may: relay.plugins' exports, relay.model.
     "relay.plugins.builtin": {"relay.plugins!", "relay.model"},
     "relay.ingest": {"relay.clock", "relay.config", "relay.http", "relay.journal", "relay.model"},

@@ -9,9 +9,12 @@ import pytest
 
 from relay.compose import RenderError, compile_request, resolve_secrets
 from relay.model import PermanentFailure
+from relay.plugins import Components, make_plugin_manager
 from tests.conftest import seed_events
 
 STATUS, INCOMING, MEDIA = seed_events()
+# What the built-in plugin declares, collected as the relay collects it.
+REFERENCE = Components.collect(make_plugin_manager(entry_points=False)).variables
 SEED_ID = "a418d672-9781-4d97-b517-a56f7d95ad8a"
 SEED_STATUS = "sent%7Cdelivered%7Cread%7Cfailed%7Cdeleted"  # '|' is not allowed raw in a query
 
@@ -22,7 +25,7 @@ def compiled(url="https://example.com/hook", secrets=None, **keys):
         url=url, on_missing=keys.pop("on_missing", "empty"), secrets=secrets or {}, **keys
     )
     assert problems == []
-    return template
+    return template and template.with_variables(REFERENCE)
 
 
 def problems_of(url="https://example.com/hook", secrets=None, **keys):
@@ -124,9 +127,57 @@ def test_lookup_nested_paths_list_items_envelope_and_mobile_of_incoming():
     }
 
 
-def test_a_payload_key_named_mobile_wins_over_the_alias():
-    envelope = {"event": "x:status", "payload": {"mobile": "own", "to": "alias"}}
-    assert json_body(envelope, m="@{{mobile}}") == {"m": "own"}
+def test_precedence_raw_path_then_variable_then_payload_then_envelope():
+    known = {"event": "whatsapp:message:status", "payload": {"mobile": "own", "to": "customer"}}
+    values = {"bare": "@{{mobile}}", "rooted": "@{{payload.mobile}}", "event": "@{{event}}"}
+    # On a type the table knows, a bare variable means what the table says; payload.NAME is the
+    # payload's own key when it has one.
+    assert json_body(known, **values) == {
+        "bare": "customer",
+        "rooted": "own",
+        "event": "whatsapp:message:status",
+    }
+    # On a type it does not know, every name is looked up as before: payload, then envelope.
+    unknown = {**known, "event": "x:status"}
+    assert json_body(unknown, **values) == {"bare": "own", "rooted": "own", "event": "x:status"}
+    assert json_body({"event": "x:in", "payload": {"to": "t"}}, m="@{{mobile}}") == {"m": ""}
+
+
+@pytest.mark.parametrize("event", [INCOMING, MEDIA], ids=["text", "media"])
+def test_incoming_messages_fill_from_to_and_mobile_by_meaning(event):
+    values = {n: f"@{{{{{n}}}}}" for n in ("id", "from", "to", "mobile")}
+    expected = {"id": "our-message-id", "from": "919019120xxx", "to": "91XXXXXX"}
+    expected["mobile"] = expected["to"]
+    assert json_body(event, **values) == expected
+    rooted = {n: f"@{{{{payload.{n}}}}}" for n in values}
+    assert json_body(event, **rooted) == expected  # the payload has none of these keys
+    # The table's other variables are not an incoming message's, even when a key has the name.
+    status_only = {n: f"@{{{{{n}}}}}" for n in ("status", "read_at", "foreign_id")}
+    odd = {**event, "payload": {**event["payload"], "status": "not a status event's"}}
+    assert json_body(odd, **status_only) == {n: "" for n in status_only}
+
+
+def test_a_declared_variable_absent_fails_with_on_missing_fail():
+    strict = compiled(body={"read": "@{{read_at}}"}, on_missing="fail")
+    with pytest.raises(RenderError, match=r"@\{\{read_at\}\} has no value"):
+        strict.render(INCOMING, json.dumps(INCOMING).encode())
+    assert json.loads(strict.render(STATUS, json.dumps(STATUS).encode()).body) == {
+        "read": "2021-06-18T14:48:06.886358Z"
+    }
+
+
+def test_used_variables_are_found_in_url_headers_and_bodies_as_first_written():
+    template = compiled(
+        method="POST",
+        url="https://example.com/?a=@{{payload.read_at}}&b=@{{x.read_at}}",
+        headers={"X-From": "@{{from}}"},
+        body={"nested": [{"deep": "@{{read_at}} @{{status}}"}], "raw": "@{{payload.user}}"},
+    )
+    assert template.used_variables() == {
+        "read_at": "@{{payload.read_at}}",
+        "from": "@{{from}}",
+        "status": "@{{status}}",
+    }
 
 
 def test_payload_prefix_is_rooted_at_the_payload_not_looked_up_in_it():

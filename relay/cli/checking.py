@@ -10,9 +10,10 @@ from relay.cli.common import CommandError, load
 
 def cmd_check(args) -> int:
     """validate the configuration and list the webhooks it defines"""
-    config, _, _ = load(args.config)
+    config, _, components = load(args.config)
     errors, warnings = preflight.start_problems(config)
     warnings += secret_warnings(config)
+    warnings += unfilled_variables(config, components.variables)
     for line in warnings:
         print(f"warning: {line}", file=sys.stderr)
     if errors:
@@ -37,6 +38,26 @@ def secret_warnings(config) -> list[str]:
     ]
 
 
+def unfilled_variables(config, variables) -> list[str]:
+    """A warning per webhook, variable and event type its ``events`` match that has no such
+    variable: not an error, since such an event still renders (or fails, as on_missing says)."""
+    lines = []
+    for i, w in enumerate(config.webhooks):
+        if w.template is None:
+            continue
+        outcome = (
+            'their deliveries fail (on_missing = "fail")'
+            if w.on_missing == "fail"
+            else "it renders empty"
+        )
+        for source, name, event_type in variables.unfilled(w.template.used_variables(), w.events):
+            lines.append(
+                f"{config.path.name}: webhooks[{i}] (id {w.id}): {source} has no value on "
+                f"{event_type} events (that event type has no {name}): {outcome}"
+            )
+    return lines
+
+
 KIND_NAMES = {
     "signers": "signer",
     "transports": "transport",
@@ -56,6 +77,11 @@ def cmd_plugins(args) -> int:
             for (kind, component), owner in components.owners.items()
             if owner == name
         )
+        declared: dict[str, list[str]] = {}
+        for (event_type, variable), owner in components.variables.owners.items():
+            if owner == name:
+                declared.setdefault(event_type, []).append(variable)
+        provides += [f"variables of {t} ({', '.join(v)})" for t, v in sorted(declared.items())]
         print(f"{name}\n  from: {source}\n  hooks: {', '.join(hooks)}")
         if provides:
             print(f"  provides: {', '.join(provides)}")

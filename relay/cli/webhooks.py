@@ -1,4 +1,5 @@
-"""``relay webhooks add`` and ``relay webhooks list``: compose webhooks without hand-editing TOML.
+"""``relay webhooks add`` and ``relay webhooks list``: compose webhooks without hand-editing TOML;
+``relay webhooks render`` (relay/cli/render.py) shows what one would send.
 
 ``add`` edits relay.toml with tomlkit because tomllib only reads, and rewriting the file from
 parsed data would drop the comments and layout the user keeps there. The edited text is checked
@@ -16,6 +17,7 @@ import sys
 from pathlib import Path
 
 from relay import config as config_module
+from relay.cli import render
 from relay.cli.common import CommandError, add_config_option, load
 from relay.plugins import Components, PluginError, make_plugin_manager
 
@@ -47,11 +49,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     listing = actions.add_parser("list", help="show the webhooks of the configuration file")
     add_config_option(listing)
+    shown = actions.add_parser(
+        "render", help="print the exact request a webhook would send for an event; sends nothing"
+    )
+    add_config_option(shown)
+    render.add_arguments(shown)
 
 
 def cmd_webhooks(args) -> int:
-    """add a (compose) webhook to the configuration file, or list them"""
-    return {"add": add_webhook, "list": list_webhooks}[args.webhooks_command](args)
+    """add a (compose) webhook to the configuration file, list them, or render one's request"""
+    commands = {"add": add_webhook, "list": list_webhooks, "render": render.cmd_render}
+    return commands[args.webhooks_command](args)
 
 
 def _pair(text: str) -> tuple[str, str]:

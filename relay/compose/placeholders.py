@@ -8,10 +8,16 @@ so a malformed one stops the relay at start with its place named, never at the f
 Rendering is one pass over the compiled parts: a value taken from an event is data, and is
 inserted as it is, even when it contains ``@{{...}}`` or ``%...%``.
 
-Lookup: ``@{{payload.a.b}}`` is rooted at the event's payload; any other path is looked up in the
-payload first, then in the envelope (``event``, ``webhook_id``). A segment of digits indexes a
-list (``@{{payload.channels.0.to}}``). ``mobile``, when the payload has no such key, is the
-customer's number: ``recipient.from`` on incoming messages (``...:in`` events), ``to`` otherwise.
+Lookup (``lookup``), in this order:
+
+- ``@{{payload.a.b}}`` is rooted at the event's payload. A segment of digits indexes a list
+  (``@{{payload.channels.0.to}}``). ``@{{payload.NAME}}`` where the payload has no key NAME is
+  the variable NAME, as the reference writes its variables (``@{{payload.mobile}}``).
+- A bare name that is a declared variable (relay/compose/variables.py) takes its meaning on
+  event types the table knows: ``@{{from}}`` is the business number on a status event and on an
+  incoming one alike, and a variable that type does not declare has no value.
+- Any other path is looked up in the payload first, then in the envelope (``event``,
+  ``webhook_id``); so is every name on an event type the table does not know.
 
 This module does no I/O: the environment arrives as a mapping.
 """
@@ -26,6 +32,7 @@ from urllib.parse import quote
 
 from attrs import field, frozen
 
+from relay.compose.variables import NO_VARIABLES, Path, Variables
 from relay.model import PermanentFailure
 
 SECRET_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -149,13 +156,20 @@ _MISSING = object()
 
 @frozen
 class Context:
-    """One event's envelope, and what a placeholder with no value renders as."""
+    """One event's envelope, its type's variables, and what a placeholder with no value
+    renders as."""
 
     envelope: Mapping[str, Any]
     fail_on_missing: bool = False
+    variables: Variables = NO_VARIABLES
+    declared: Mapping[str, tuple[Path, ...]] | None = field(init=False)
+
+    @declared.default
+    def _declared(self):
+        return self.variables.declared(self.envelope.get("event"))
 
     def value(self, placeholder: Placeholder) -> Any:
-        found = lookup(self.envelope, placeholder.path)
+        found = lookup(self.envelope, placeholder.path, self.declared, self.variables.names)
         if found is not _MISSING:
             return found
         if self.fail_on_missing:
@@ -165,21 +179,36 @@ class Context:
         return ""
 
 
-def lookup(envelope: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+def lookup(
+    envelope: Mapping[str, Any],
+    path: tuple[str, ...],
+    declared: Mapping[str, tuple[Path, ...]] | None = None,
+    names: frozenset[str] = frozenset(),
+) -> Any:
+    """The value ``path`` names in ``envelope`` (the module's docstring gives the rules), or
+    ``_MISSING``. ``declared`` is the event type's variables (None: a type no plugin declares),
+    ``names`` every declared variable's name."""
     payload = envelope.get("payload")
     if not isinstance(payload, Mapping):
         payload = {}
     if path[0] == "payload" and len(path) > 1:
-        rest, found = path[1:], _walk(payload, path[1:])
-    else:
-        rest, found = path, _walk(payload, path)
-        if found is _MISSING:
-            found = _walk(envelope, path)
-    if found is _MISSING and rest == ("mobile",):
-        event = envelope.get("event")
-        incoming = isinstance(event, str) and event.endswith(":in")
-        found = _walk(payload, ("recipient", "from") if incoming else ("to",))
-    return found
+        found = _walk(payload, path[1:])
+        if found is _MISSING and len(path) == 2 and declared is not None:
+            found = _variable(envelope, declared.get(path[1]))
+        return found
+    if len(path) == 1 and declared is not None and path[0] in names:
+        return _variable(envelope, declared.get(path[0]))
+    found = _walk(payload, path)
+    return found if found is not _MISSING else _walk(envelope, path)
+
+
+def _variable(envelope: Mapping[str, Any], paths: tuple[Path, ...] | None) -> Any:
+    """The first of a variable's paths with a value; a variable not declared has none."""
+    for path in paths or ():
+        found = _walk(envelope, path)
+        if found is not _MISSING:
+            return found
+    return _MISSING
 
 
 def _walk(node: Any, path: tuple[str, ...]) -> Any:

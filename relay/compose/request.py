@@ -11,10 +11,11 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import urlencode
 
+import attrs
 from attrs import frozen
 
 from relay.compose.placeholders import (
@@ -33,6 +34,7 @@ from relay.compose.placeholders import (
     parse,
     url_quote,
 )
+from relay.compose.variables import NO_VARIABLES, Variables
 from relay.http.http11 import HEADER_NAME, HEADER_VALUE, REQUEST_TARGET
 from relay.model import Request
 
@@ -120,13 +122,16 @@ class RequestTemplate:
     headers: tuple[tuple[str, Template], ...]
     body: JsonBody | FormBody | None
     fail_on_missing: bool = False
+    # What the variables mean per event type: the plugins' declarations, bound after they load
+    # (relay.plugins.Components.bind); until then no name is a variable.
+    variables: Variables = NO_VARIABLES
 
     def render(self, envelope: Mapping[str, Any], event_body: bytes) -> Request:
         """Raise RenderError (a PermanentFailure) when this event cannot make a sendable request.
 
         With no ``body`` configured, a method that carries a body sends the event as it came.
         """
-        context = Context(envelope, self.fail_on_missing)
+        context = Context(envelope, self.fail_on_missing, self.variables)
         url = self.url.render(context, url_quote)
         headers = [(name, _header_value(name, t.render(context))) for name, t in self.headers]
         if self.method not in BODY_METHODS:
@@ -138,6 +143,41 @@ class RequestTemplate:
         if not any(name.lower() == "content-type" for name, _ in headers):
             headers.append(("Content-Type", content_type))
         return Request(method=self.method, url=url, headers=tuple(headers), body=body)
+
+    def with_variables(self, variables: Variables) -> RequestTemplate:
+        return attrs.evolve(self, variables=variables)
+
+    def used_variables(self) -> dict[str, str]:
+        """The declared variables this template names, bare or as ``payload.NAME``, each with
+        the placeholder as first written (for ``relay check``)."""
+        names = self.variables.names
+        used: dict[str, str] = {}
+        for placeholder in self._placeholders():
+            path = placeholder.path
+            name = path[-1] if len(path) == 1 or (len(path) == 2 and path[0] == "payload") else ""
+            if name in names:
+                used.setdefault(name, placeholder.source)
+        return used
+
+    def _placeholders(self) -> Iterator[Placeholder]:
+        templates = [self.url, *(t for _, t in self.headers)]
+        if isinstance(self.body, FormBody):
+            templates.extend(t for _, t in self.body.fields)
+        elif isinstance(self.body, JsonBody):
+            templates.extend(_json_templates(self.body.root))
+        for template in templates:
+            yield from (p for p in template.parts if isinstance(p, Placeholder))
+
+
+def _json_templates(node: JsonNode) -> Iterator[Template]:
+    if isinstance(node, Template):
+        yield node
+    elif isinstance(node, JsonArray):
+        for item in node.items:
+            yield from _json_templates(item)
+    elif isinstance(node, JsonObject):
+        for _, item in node.items:
+            yield from _json_templates(item)
 
 
 def _header_value(name: str, value: str) -> str:

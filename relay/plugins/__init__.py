@@ -7,8 +7,9 @@ implementations, documented in ``hookspecs`` and docs/hooks.md), ``validator`` a
 The values a hook gets and returns are in relay.model.
 
 For relay itself: ``make_plugin_manager``, ``load_with_plugins``, ``Components`` (the named
-signers, transports and retry policies plugins register), ``close_transports`` and
-``PluginError``. The built-in behaviour is a set of ordinary plugins in ``builtin/``.
+signers, transports and retry policies plugins register, and the compose variables they
+declare), ``close_transports`` and ``PluginError``. The built-in behaviour is a set of
+ordinary plugins in ``builtin/``.
 """
 
 from relay.config import FieldError, validator

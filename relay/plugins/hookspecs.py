@@ -8,7 +8,8 @@ object with async methods (a transport) or an awaitable, which relay awaits.
 
 Named components (signers, transports, retry policies) are handed to relay through ``register_*``
 hooks and chosen per webhook in relay.toml (``signer = "..."``, ``transport = "..."``,
-``retry = "..."``). Two plugins registering the same name is an error, never a silent override.
+``retry = "..."``); ``register_variables`` declares what compose variables mean per event type.
+Two plugins registering the same name is an error, never a silent override.
 """
 
 import pluggy
@@ -58,6 +59,20 @@ def register_webhook_options(register):
     attrs class, when the configuration loads; mistakes are reported in relay.toml's terms
     (``relay.toml: webhooks[2].NAME.token_url: ...``) and the relay does not start. The object is
     then ``webhook.options[NAME]``. A table no plugin registers is a configuration error.
+    """
+
+
+@hookspec
+def register_variables(register):
+    """Declare what compose placeholders' variables mean on an event type:
+    ``register(event_type, {name: path or [paths]})``.
+
+    ``event_type`` is an exact event name; each path starts at the envelope
+    (``"payload.recipient.from"``), and with several the first that has a value wins. A bare
+    ``@{{name}}`` (or ``@{{payload.name}}`` when the payload has no such key) then takes its
+    value there on events of that type. Built in: the reference's table (``id``, ``from``,
+    ``to``, ``status`` ...) and ``mobile`` for ``whatsapp:message:status`` and
+    ``whatsapp:message:in``. Declaring a variable of an event type twice is an error.
     """
 
 

@@ -22,12 +22,14 @@ import pluggy
 import trio
 from attrs import frozen
 
+from relay.compose import VariableError, Variables, VariableTable
 from relay.config import Config, ConfigError, load, structure
 from relay.plugins import hookspecs
 
 DEFAULT_PLUGINS = (
     "relay.plugins.builtin.plain",
     "relay.plugins.builtin.compose",
+    "relay.plugins.builtin.variables",
     "relay.plugins.builtin.signature",
     "relay.plugins.builtin.http_transport",
     "relay.plugins.builtin.backoff",
@@ -202,13 +204,15 @@ def _named(error: BaseException) -> str:
 
 @frozen
 class Components:
-    """The named signers, transport factories and retry policies, with who registered each."""
+    """The named signers, transport factories and retry policies, with who registered each,
+    and the compose variables plugins declare (``variables.owners`` says who)."""
 
     signers: dict[str, Callable]
     transports: dict[str, Callable]
     retry_policies: dict[str, Callable]
     webhook_options: dict[str, type]
     owners: dict[tuple[str, str], str]
+    variables: Variables = Variables()
 
     @classmethod
     def collect(cls, pm: pluggy.PluginManager) -> Components:
@@ -244,6 +248,7 @@ class Components:
             retry_policies=tables["retry_policies"],
             webhook_options=tables["webhook_options"],
             owners=owners,
+            variables=_declared_variables(pm),
         )
 
     def open_transports(self, config: Config, already: dict | None = None) -> dict:
@@ -285,7 +290,24 @@ class Components:
                 value, problems = structure(raw, cls, f"webhooks[{i}].{key}", filename)
                 errors.extend(problems)
                 options[key] = value
-            webhooks.append(attrs.evolve(webhook, options=options))
+            template = webhook.template
+            if template is not None:
+                template = template.with_variables(self.variables)
+            webhooks.append(attrs.evolve(webhook, options=options, template=template))
         if errors:
             raise ConfigError(errors)
         return attrs.evolve(config, webhooks=tuple(webhooks))
+
+
+def _declared_variables(pm: pluggy.PluginManager) -> Variables:
+    table = VariableTable()
+    for impl in pm.hook.register_variables.get_hookimpls():
+
+        def register(event_type: str, variables: dict, _plugin=impl.plugin_name) -> None:
+            try:
+                table.add(event_type, variables, _plugin)
+            except VariableError as e:
+                raise PluginError(f"{_plugin} registers variables: {e}") from None
+
+        impl.function(register=register)
+    return table.build()

@@ -9,7 +9,7 @@ import json
 
 from . import ROOT
 
-SEED = ROOT / "tests" / "seed_events.json"
+SEED = ROOT / "relay" / "compose" / "examples.json"  # the reference's three example events
 
 
 @functools.cache
