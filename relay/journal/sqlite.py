@@ -41,7 +41,8 @@ CREATE INDEX IF NOT EXISTS deliveries_by_event ON deliveries (event_id);
 CREATE INDEX IF NOT EXISTS deliveries_failed ON deliveries (state) WHERE state = 'failed';
 -- `relay deliveries` (pending is its default): pending are few among the finished, and the
 -- sleeping ones' index (deliveries_asleep) leaves out those the relay holds in memory. Keys
--- append (rowids grow) and leave when a delivery finishes: ~0.5 µs per delivery in the writer.
+-- append (rowids grow) and leave when a delivery finishes: measured, a delivery's append and
+-- outcome cost the writer 10.1 µs of SQL instead of 9.2 (medians of 5, batches of 100).
 CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries (state) WHERE state = 'pending';
 CREATE TABLE IF NOT EXISTS attempts (
     delivery_id TEXT NOT NULL,
