@@ -14,7 +14,7 @@ import pytest
 from relay.cli.deliveries import JSON_KEYS
 from relay.journal import sqlite as journal_sql
 from relay.journal import views
-from tests.cli import relay_cli
+from tests.cli import relay_cli, relay_on_terminal
 from tests.conftest import seed_events, start_receiver
 from tests.daemon import Daemon, webhook_toml, write_config
 
@@ -172,6 +172,32 @@ async def test_the_table_shows_each_column(tmp_path):
     assert re.search(r" in (29|30)m +no response within 3 s$", cells["d3"])
     assert re.search(r" - +now$", cells["d4"])  # no attempt yet; in memory: due now
     assert all(line == line.rstrip() for line in result.stdout.splitlines())
+
+
+@pytest.mark.parametrize("columns", [80, 150, 250])
+async def test_on_a_terminal_no_value_is_cut_short_however_narrow(tmp_path, columns):
+    config, now = make_journal(tmp_path)
+    conn = journal_sql.connect(tmp_path / "state")
+    ids = [(f"{n:032x}", f"{n + 10:032x}") for n in range(3)]  # as long as relay's
+    events = [(e, "whatsapp:message:status", b"{}", now) for _, e in ids]
+    deliveries = [(d, e, "crm", now, now) for d, e in ids]
+    error = "connection refused by 127.0.0.1:9000 after 3 tries of the same"
+    outcomes = [("failed", 1, None, now, error, d) for d, _ in ids]
+    attempts = [(d, 1, now, 0.1, None, error) for d, _ in ids]
+    journal_sql.run_batch(
+        conn, [("append", (events, deliveries)), ("record_attempts", (attempts, outcomes))]
+    )
+    conn.close()
+    result, screen = await relay_on_terminal(
+        "deliveries", "-c", str(config), "--state", "failed", columns=columns
+    )
+    assert result.returncode == 0, result.stderr
+    text = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", screen.decode())  # colours
+    for delivery, event in ids:
+        assert delivery in text and event in text
+    assert "whatsapp:message:status" in text
+    assert " ".join(text.split()).count(error) == 3  # perhaps over several lines, whole
+    assert "…" not in text
 
 
 async def test_a_missing_journal_is_an_error_naming_its_path(tmp_path):

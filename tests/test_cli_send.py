@@ -2,14 +2,11 @@
 under its max_body; ids out, and each rejected event named by its line."""
 
 import json
-import os
 import sqlite3
-import sys
 
 import pytest
-import trio
 
-from tests.cli import relay_cli
+from tests.cli import relay_cli, relay_on_terminal
 from tests.conftest import seed_events, start_receiver
 from tests.daemon import Daemon, write_config
 
@@ -174,31 +171,9 @@ async def test_a_progress_bar_shows_on_a_terminal_and_ids_still_go_to_stdout(tmp
     daemon = await relay(max_body=len(GOOD % 0) * 50)
     path = tmp_path / "events.jsonl"
     path.write_text("".join(GOOD % n + "\n" for n in range(2000)))
-    master, terminal = os.openpty()
-    screen = bytearray()
-
-    def read_terminal():
-        while True:
-            try:
-                data = os.read(master, 65536)
-            except OSError:  # EIO: the other side is closed
-                return
-            if not data:
-                return
-            screen.extend(data)
-
-    async with trio.open_nursery() as readers:
-        readers.start_soon(trio.to_thread.run_sync, read_terminal)
-        with trio.fail_after(60):
-            done = await trio.run_process(
-                [sys.executable, "-m", "relay", "send", "-c", str(daemon.config), str(path)],
-                capture_stdout=True,
-                stderr=terminal,
-                check=False,
-                env={**os.environ, "TERM": "xterm", "COLUMNS": "100"},
-            )
-        os.close(terminal)
-    os.close(master)
-    assert done.returncode == 0
+    done, screen = await relay_on_terminal(
+        "send", "-c", str(daemon.config), str(path), stream="stderr"
+    )
+    assert done.returncode == 0, done.stderr
     assert len(done.stdout.split()) == 2000 == len(journaled(daemon))
     assert b"sending" in screen and b"2000/2000" in screen

@@ -146,34 +146,32 @@ def _as_json(row: DeliveryRow, parked: bool) -> dict:
     return {key: values[key] for key in JSON_KEYS}
 
 
+# The table's columns. A cell may wrap at its spaces, never inside a word: an id cut short is
+# no id, and "whatsapp:mes" over "sage:status" reads as neither.
+COLUMNS = (
+    "delivery",
+    "webhook",
+    "event id",
+    "event",
+    "state",
+    "attempts",
+    "created",
+    "last attempt",
+    "next attempt",
+    "last outcome",
+)
+
+
 def _table(rows: list[DeliveryRow], parked: list[bool]) -> None:
     from rich import box
+    from rich.cells import cell_len
     from rich.console import Console
+    from rich.measure import Measurement
     from rich.table import Table
 
-    terminal = sys.stdout.isatty()
-    # Into a pipe or a file: every cell whole on one line, as wide as it takes, no trailing
-    # blanks, for grep and cut.
-    console = Console(file=None if terminal else io.StringIO(), width=None if terminal else 100_000)
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
-    for name in (
-        "delivery",
-        "webhook",
-        "event id",
-        "event",
-        "state",
-        "attempts",
-        "created",
-        "last attempt",
-        "next attempt",
-        "last outcome",
-    ):
-        table.add_column(
-            name, no_wrap=name != "last outcome", justify="right" if name == "attempts" else "left"
-        )
     now = time.time()
-    for row, is_parked in zip(rows, parked, strict=True):
-        table.add_row(
+    cells = [
+        (
             row.id,
             row.webhook_id,
             row.event_id,
@@ -184,13 +182,45 @@ def _table(rows: list[DeliveryRow], parked: list[bool]) -> None:
             _local(row.last_attempt_at, now),
             _next(row, now),
             _outcome(row),
-            style="red" if row.state == "failed" else None,
         )
-    console.print(table, markup=False, emoji=False, highlight=False)
-    if not terminal:
-        sys.stdout.write(
-            "".join(f"{line.rstrip()}\n" for line in console.file.getvalue().splitlines())
+        for row, is_parked in zip(rows, parked, strict=True)
+    ]
+    terminal = sys.stdout.isatty()
+    console = Console(highlight=False) if terminal else Console(file=io.StringIO(), width=100_000)
+
+    def widths(headers: list[list[str]]) -> list[int]:
+        # Each column as wide as its widest value, so that rich never shrinks one (which it
+        # does by cutting ids to "18ed3a87…").
+        return [
+            max(cell_len(text) for text in [*(c[i] for c in cells), *header])
+            for i, header in enumerate(headers)
+        ]
+
+    sizes = widths([[name] for name in COLUMNS])
+    if sum(sizes) + 2 * (len(sizes) - 1) > console.width:  # then a header wraps at its space
+        sizes = widths([name.split() for name in COLUMNS])
+        # and the outcome (an error's text, the one long value with spaces) at its spaces
+        room = console.width - sum(sizes[:-1]) - 2 * (len(sizes) - 1)
+        words = [w for c in cells for w in c[-1].split()] + ["outcome"]
+        sizes[-1] = max(min(sizes[-1], room), max(map(cell_len, words)))
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, padding=(0, 1, 0, 0))
+    for name, width in zip(COLUMNS, sizes, strict=True):
+        table.add_column(
+            name, width=width, overflow="fold", justify="right" if name == "attempts" else "left"
         )
+    for row, values in zip(rows, cells, strict=True):
+        table.add_row(*values, style="red" if row.state == "failed" else None)
+    if terminal:
+        # A terminal narrower than the table: lines the terminal wraps, not values cut short.
+        needed = Measurement.get(console, console.options.update_width(100_000), table).maximum
+        if needed > console.width:
+            console = Console(highlight=False, width=needed)
+        console.print(table, markup=False, emoji=False)
+    else:
+        # Into a pipe or a file: each row on one line, no trailing blanks: for grep and cut.
+        console.print(table, markup=False, emoji=False, highlight=False)
+        lines = console.file.getvalue().splitlines()
+        sys.stdout.write("".join(f"{line.rstrip()}\n" for line in lines))
     if not rows:
         print("(none)", file=sys.stderr)
 
