@@ -13,6 +13,8 @@ import httpx
 import pytest
 import trio
 
+from relay.cli.listen import check_signature
+from relay.http.server import HTTPRequest
 from tests.cli import relay_cli
 from tests.conftest import seed_events
 from tests.daemon import Daemon, write_config
@@ -210,3 +212,11 @@ async def test_a_port_in_use_is_an_error(listen):
     assert result.returncode == 2
     assert result.stderr.startswith(f"relay listen: cannot listen on 127.0.0.1:{port}: ")
     assert await listener.stop() == 0
+
+
+def test_the_signature_check_agrees_with_a_known_vector():
+    """spatie's signer test (../shared/design/peers.md): body {"a":"1"}, secret abc."""
+    vector = "345611a3626cf5e080a7a412184001882ab231b8bdb465dc76dbf709f01f210a"
+    request = HTTPRequest("POST", "/hook", {}, b'{"a":"1"}')
+    assert check_signature("abc", request, vector) == (True, "the body")
+    assert check_signature("abd", request, vector)[0] is False
