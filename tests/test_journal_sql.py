@@ -1,6 +1,7 @@
 """journal_sql: one bad operation in a batch fails alone; listing reads indexes."""
 
 from relay.journal import sqlite as journal_sql
+from relay.journal import views
 
 
 def test_an_operation_sqlite_cannot_bind_fails_alone(tmp_path):
@@ -21,8 +22,8 @@ def test_failed_deliveries_are_listed_from_an_index_not_a_scan(tmp_path):
     outcomes = [(s, 1, None, 2.0, "x", f"d{n}") for n, s in enumerate(["delivered", "failed"])]
     journal_sql.run_batch(conn, [("record_attempts", ([], outcomes))])
 
-    listed = journal_sql.list_deliveries(tmp_path, state="failed")
-    assert [row[0] for row in listed] == ["d1"]
-    sql, params = journal_sql.deliveries_query("failed", None, (), 50)
+    listed = views.list_deliveries(tmp_path, state="failed")
+    assert [row.id for row in listed] == ["d1"]
+    sql, params = views.deliveries_query("failed", None, (), 50)
     plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params)]
     assert "SEARCH d USING INDEX deliveries_failed (state=?)" in plan

@@ -13,10 +13,12 @@ from relay.plugins import PluginError, load_with_plugins
 
 
 class CommandError(Exception):
-    """Ends a command with these lines on stderr and exit status 2."""
+    """Ends a command with these lines on stderr and exit status ``status`` (2: the command
+    was used wrongly, or what it was given cannot be read)."""
 
-    def __init__(self, *lines: str):
+    def __init__(self, *lines: str, status: int = 2):
         self.lines = lines
+        self.status = status
 
 
 def load(config_path: Path):
@@ -37,16 +39,28 @@ def add_config_option(parser: argparse.ArgumentParser) -> None:
 
 def admin_request(config, method: str, path: str) -> httpx.Response:
     """Reach the daemon on its Unix socket when it has one, else on its TCP port."""
-    relay = config.relay
-    if relay.socket is not None:
-        transport = httpx.HTTPTransport(uds=str(relay.socket))
-        base = "http://relay"
-    elif relay.listen is not None:
-        transport, base = None, f"http://{relay.listen}"
-    else:
-        raise CommandError(f"{config.path.name}: [relay] has neither socket nor listen")
-    with httpx.Client(transport=transport, base_url=base, timeout=30) as client:
+    with relay_client(config, timeout=30) as client:
         return client.request(method, path)
+
+
+def relay_client(
+    config=None, *, socket: Path | None = None, url: str | None = None, timeout: float = 30
+) -> httpx.Client:
+    """A client for a running relay: at ``socket`` or ``url`` when given, else where ``config``
+    says (its Unix socket when it has one, else its TCP port)."""
+    if socket is None and url is None:
+        relay = config.relay
+        if relay.socket is not None:
+            socket = relay.socket
+        elif relay.listen is not None:
+            url = f"http://{relay.listen}"
+        else:
+            raise CommandError(f"{config.path.name}: [relay] has neither socket nor listen")
+    if socket is not None:
+        transport, base = httpx.HTTPTransport(uds=str(socket)), "http://relay"
+    else:
+        transport, base = None, url.rstrip("/")
+    return httpx.Client(transport=transport, base_url=base, timeout=timeout)
 
 
 def first_error(error: BaseException) -> BaseException:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import sqlite3
-from collections.abc import Iterable
 from pathlib import Path
 
 FILENAME = "journal.sqlite3"
@@ -40,6 +39,11 @@ CREATE INDEX IF NOT EXISTS deliveries_asleep
 CREATE INDEX IF NOT EXISTS deliveries_by_event ON deliveries (event_id);
 -- `relay deliveries --state failed`: rare among many, so not found by a scan.
 CREATE INDEX IF NOT EXISTS deliveries_failed ON deliveries (state) WHERE state = 'failed';
+-- `relay deliveries` (pending is its default): pending are few among the finished, and the
+-- sleeping ones' index (deliveries_asleep) leaves out those the relay holds in memory. Keys
+-- append (rowids grow) and leave when a delivery finishes: measured, a delivery's append and
+-- outcome cost the writer 10.1 µs of SQL instead of 9.2 (medians of 5, batches of 100).
+CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries (state) WHERE state = 'pending';
 CREATE TABLE IF NOT EXISTS attempts (
     delivery_id TEXT NOT NULL,
     number INTEGER NOT NULL,
@@ -248,50 +252,3 @@ def _transaction(conn: sqlite3.Connection, batch) -> list:
             conn.execute("ROLLBACK")
         raise
     return results
-
-
-def list_deliveries(
-    state_dir: Path,
-    *,
-    state: str = "pending",
-    webhook_id: str | None = None,
-    known_webhooks: Iterable[str] = (),
-    limit: int = 50,
-) -> list[tuple]:
-    """``(id, webhook_id, event, state, attempts, next_at, last_outcome)`` rows for
-    ``relay deliveries``, read-only from a running relay's journal, the newest deliveries first.
-
-    ``parked`` means pending for a webhook not in ``known_webhooks``.
-    """
-    path = state_dir / FILENAME
-    if not path.exists():
-        return []
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
-    try:
-        return conn.execute(*deliveries_query(state, webhook_id, known_webhooks, limit)).fetchall()
-    finally:
-        conn.close()
-
-
-def deliveries_query(state, webhook_id, known_webhooks, limit) -> tuple[str, list]:
-    """The SQL of ``list_deliveries`` and its parameters."""
-    where, params = [], []
-    if state in ("pending", "parked"):
-        where.append("d.state = 'pending'")
-    elif state != "all":
-        where.append("d.state = ?")
-        params.append(state)
-    if state == "parked":
-        known = list(known_webhooks)
-        where.append(f"d.webhook_id NOT IN ({','.join('?' * len(known))})")
-        params.extend(known)
-    if webhook_id is not None:
-        where.append("d.webhook_id = ?")
-        params.append(webhook_id)
-    sql = (
-        "SELECT d.id, d.webhook_id, e.name, d.state, d.attempts, d.next_at, d.last_outcome"
-        " FROM deliveries d JOIN events e ON e.id = d.event_id"
-        + (" WHERE " + " AND ".join(where) if where else "")
-        + " ORDER BY d.rowid DESC LIMIT ?"  # the newest first, without sorting the journal
-    )
-    return sql, [*params, limit]

@@ -3,24 +3,170 @@ whether or not a relay is running, and never go through the committer."""
 
 from __future__ import annotations
 
+import errno
+import sqlite3
+from collections.abc import Iterable
 from pathlib import Path
 
 from attrs import frozen
 
-from relay.journal import sqlite as journal_sql
+from relay.journal.sqlite import FILENAME
 
 
 @frozen
 class DeliveryRow:
+    """One delivery as ``relay deliveries`` shows it; times are Unix seconds."""
+
     id: str
     webhook_id: str
-    event: str
-    state: str
+    event_id: str
+    event: str  # the event's name
+    state: str  # pending | delivered | failed (parked is the command's reading of pending)
     attempts: int
-    next_at: float | None
-    last_outcome: str | None
+    created_at: float
+    last_attempt_at: float | None  # when the last attempt started
+    next_at: float | None  # None when pending: in the relay's memory (queued, or under way)
+    last_status: int | None  # the last attempt's HTTP status, when an answer came
+    last_error: str | None  # what went wrong otherwise (or besides)
 
 
 def list_deliveries(state_dir: Path, **filters) -> list[DeliveryRow]:
-    """See ``relay.journal.sqlite.list_deliveries``."""
-    return [DeliveryRow(*row) for row in journal_sql.list_deliveries(state_dir, **filters)]
+    """See ``deliveries``."""
+    return [DeliveryRow(*row) for row in deliveries(state_dir, **filters)]
+
+
+# -- listing, for `relay deliveries`: read-only, straight from the file ------------------------
+#
+# The journal may hold millions of deliveries, so every filter is answered from an index or from
+# a bounded run of rowids (rowids follow arrival: the newest rows are the highest), newest first
+# without a sort (tests/test_cli_deliveries.py checks each combination's EXPLAIN QUERY PLAN):
+# - pending, parked: deliveries_pending, in rowid order (pending are few among the finished);
+# - failed: deliveries_failed, in rowid order;
+# - --event: deliveries_by_event (an event has one delivery per webhook);
+# - --since/--until: a rowid range, found by a binary search on created_at (no index on the
+#   time: that would cost every append);
+# - delivered and all: the rowids from the newest down, stopping at the limit (most rows are
+#   delivered, so the limit is reached among the newest), or within --since/--until's range.
+# --webhook filters whichever of these applies.
+
+LISTING = (
+    "d.id, d.webhook_id, d.event_id, e.name, d.state, d.attempts, d.created_at,"
+    " a.started_at, d.next_at, a.status, a.error"
+)
+
+
+def deliveries(
+    state_dir: Path,
+    *,
+    state: str = "pending",
+    webhook_id: str | None = None,
+    known_webhooks: Iterable[str] = (),
+    event_id: str | None = None,
+    since: float | None = None,
+    until: float | None = None,
+    limit: int = 50,
+) -> list[tuple]:
+    """Rows of ``LISTING`` for ``relay deliveries``, the newest first, read-only from the
+    journal file (a relay may be running or not).
+
+    ``parked`` means pending for a webhook not in ``known_webhooks``; ``event_id`` may be an
+    event's id or one of its deliveries' ids; ``since``/``until`` bound ``created_at``.
+    Raises FileNotFoundError when ``state_dir`` holds no journal.
+    """
+    path = (state_dir / FILENAME).absolute()
+    if not path.exists():
+        raise FileNotFoundError(errno.ENOENT, "no journal", str(path))
+    conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=30)
+    try:
+        if event_id is not None:
+            found = conn.execute(
+                "SELECT event_id FROM deliveries WHERE id = ?", (event_id,)
+            ).fetchone()
+            event_id = found[0] if found else event_id
+        first = first_rowid(conn, since) if since is not None else None
+        end = first_rowid(conn, until, after=True) if until is not None else None
+        sql, params = deliveries_query(
+            state,
+            webhook_id,
+            known_webhooks,
+            limit,
+            event_id=event_id,
+            since=since,
+            until=until,
+            rowids=(first, end),
+        )
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def first_rowid(conn, at: float, *, after: bool = False) -> int:
+    """The rowid where deliveries created at ``at`` or later (``after``: later than ``at``)
+    begin, by a binary search of point lookups (O(log² n)) in place of an index on the time.
+
+    Rowids follow arrival and ``created_at`` is the arrival time, so they rise together, but
+    only nearly: the requests of one group commit may be out of order by microseconds, so a
+    row that close to the bound may fall on the other side of it. The query filters on
+    ``created_at`` too: the range only narrows the scan.
+    """
+    low, high = conn.execute(
+        "SELECT COALESCE(MIN(rowid), 0), COALESCE(MAX(rowid), 0) + 1 FROM deliveries"
+    ).fetchone()
+    while low < high:  # the bound is in [low, high]
+        middle = (low + high) // 2
+        rowid, created_at = conn.execute(
+            "SELECT rowid, created_at FROM deliveries WHERE rowid >= ? ORDER BY rowid LIMIT 1",
+            (middle,),
+        ).fetchone()
+        if created_at > at or (created_at == at and not after):
+            high = middle
+        else:
+            low = rowid + 1
+    return low
+
+
+def deliveries_query(
+    state,
+    webhook_id,
+    known_webhooks,
+    limit,
+    *,
+    event_id: str | None = None,
+    since: float | None = None,
+    until: float | None = None,
+    rowids: tuple[int | None, int | None] = (None, None),
+) -> tuple[str, list]:
+    """The SQL of ``list_deliveries`` and its parameters; ``rowids`` is ``[first, end)``."""
+    where, params = [], []
+    if state in ("pending", "parked", "failed", "delivered"):
+        # A literal, not a parameter: it must match the partial indexes' WHERE to use them.
+        where.append({"parked": "d.state = 'pending'"}.get(state, f"d.state = '{state}'"))
+    if state == "parked":
+        known = list(known_webhooks)
+        where.append(f"d.webhook_id NOT IN ({','.join('?' * len(known))})")
+        params.extend(known)
+    if webhook_id is not None:
+        where.append("d.webhook_id = ?")
+        params.append(webhook_id)
+    if event_id is not None:
+        where.append("d.event_id = ?")
+        params.append(event_id)
+    first, end = rowids
+    if first is not None:
+        where.append("d.rowid >= ? AND d.created_at >= ?")
+        params.extend((first, since))
+    if end is not None:
+        where.append("d.rowid < ? AND d.created_at <= ?")
+        params.extend((end, until))
+    sql = (
+        f"SELECT {LISTING}"
+        " FROM deliveries d"
+        # Else the planner takes a state's partial index as just as good: with a backlog of
+        # pending, far from it.
+        + (" INDEXED BY deliveries_by_event" if event_id is not None else "")
+        + " JOIN events e ON e.id = d.event_id"
+        " LEFT JOIN attempts a ON a.delivery_id = d.id AND a.number = d.attempts"
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + " ORDER BY d.rowid DESC LIMIT ?"  # the newest first, without sorting the journal
+    )
+    return sql, [*params, limit]
