@@ -76,7 +76,8 @@ async def test_the_curl_examples_run_against_the_shipped_relay_toml(tmp_path, nu
         assert result.returncode == 0, (command, result.stderr)
         body, _, status = result.stdout.decode().rpartition("\n")
         assert status.startswith("2"), (command, status, body)
-        assert json.loads(body)["ids"]
+        answer = json.loads(body)
+        assert answer.get("ids") or answer.get("bound") == 1, (command, answer)  # events, reports
 
     # Three events reach the shipped webhook: two by its patterns, one by its id.
     requests = await receiver.wait_for(3)

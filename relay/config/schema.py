@@ -188,6 +188,9 @@ class RelaySettings:
     queue: int = field(default=1024, validator=_at_least_one)
     # Seconds a finished delivery (and its event) stays in the journal; 0 keeps all forever.
     retention: float = field(default=86400.0, validator=_not_negative)
+    # Seconds a message stays bound to the webhook that wants its delivery reports (POST
+    # /reports, or an event naming its webhook_id); 7 days by default.
+    reports_ttl: float = field(default=7 * 86400.0, validator=_positive)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     watch: bool = False  # reload when the file changes
     # "process": SQLite in a writer process (default); "inline": on the relay's trio thread.

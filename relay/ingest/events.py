@@ -20,6 +20,8 @@ from relay.config import Config, Webhook
 class InvalidEvents(Exception):
     """The request body holds no acceptable events; ``problems`` are (field, reason) pairs."""
 
+    what = "invalid events"  # the error of a 422
+
     def __init__(self, problems: list[tuple[str, str]], status: int = 422):
         self.problems = problems
         self.status = status
@@ -27,7 +29,7 @@ class InvalidEvents(Exception):
 
     def as_json(self) -> dict:
         return {
-            "error": "invalid events" if self.status == 422 else "bad request",
+            "error": self.what if self.status == 422 else "bad request",
             "problems": [{"field": f, "reason": r} for f, r in self.problems],
         }
 
@@ -39,6 +41,7 @@ class Incoming(NamedTuple):
     name: str
     webhook_id: str | None
     body: bytes
+    message_id: str | None  # payload.id, when it can name a message (see message_id)
 
 
 def parse(body: bytes, config: Config) -> list[Incoming]:
@@ -59,10 +62,11 @@ def parse(body: bytes, config: Config) -> list[Incoming]:
             name, webhook_id = item.get("event"), item.get("webhook_id")
             if (
                 _is_name(name)
-                and isinstance(item.get("payload"), dict)
+                and isinstance(payload := item.get("payload"), dict)
                 and (webhook_id is None or _known(webhook_id, config))
             ):
-                incoming.append(Incoming(name, webhook_id, text.encode()))
+                mid = message_id(payload.get("id"))
+                incoming.append(Incoming(name, webhook_id, text.encode(), mid))
                 continue
         problems.extend(_problems(item, f"[{i}]" if is_array else "", config))
     if problems:
@@ -82,6 +86,19 @@ def _is_name(name: Any) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+MAX_MESSAGE_ID = 256  # characters: ids are UUIDs or wamid.…, and each is a key in the journal
+
+
+def message_id(value: Any) -> str | None:
+    """``value`` if it can be the id of a message that delivery reports are bound to: a
+    non-empty string of at most ``MAX_MESSAGE_ID`` characters that UTF-8 can hold. An event's
+    ``payload.id`` that cannot is not an error: the event is accepted, its message only has no
+    reports."""
+    if type(value) is str and 0 < len(value) <= MAX_MESSAGE_ID and _is_name(value):
+        return value
+    return None
 
 
 def _known(webhook_id: Any, config: Config) -> bool:
@@ -183,7 +200,9 @@ os.register_at_fork(after_in_child=_RANDOM.clear)  # a child must not repeat its
 
 
 class Router:
-    """Which webhooks an event goes to: its ``webhook_id`` alone, or every pattern match."""
+    """Which webhooks an event goes to: its ``webhook_id`` alone, or every pattern match.
+    (And, without a ``webhook_id``, the webhook its message is bound to for delivery reports:
+    the journal looks that up as it appends the event, see relay/journal/sqlite.py.)"""
 
     def __init__(self, webhooks: Sequence[Webhook]):
         self._routes = [

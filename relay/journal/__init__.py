@@ -2,8 +2,9 @@
 
 ``committer`` is the interface the rest of relay uses (``Journal``: group commit, one writer),
 ``writer`` the process that owns the database, ``frames`` what crosses its pipe, ``sqlite`` the
-engine's SQL, ``retention`` what finished leaves the journal, and ``views`` read-only listings
-for the commands. The journal knows no HTTP and no plugins.
+engine's SQL, ``retention`` what finished leaves the journal, ``bindings`` the side of delivery
+reports (which webhook wants a message's later events), and ``views`` read-only listings for
+the commands. The journal knows no HTTP and no plugins.
 
 Exports ``Journal``, ``JournalError``, ``FILENAME``, ``DeliveryRow`` and ``list_deliveries``.
 """

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -38,6 +38,7 @@ from attrs import define
 
 from relay.journal import lock
 from relay.journal import sqlite as journal_sql
+from relay.journal.bindings import Reporting
 from relay.journal.frames import FrameReader, encode
 from relay.model import Delivery, Event, Outcome
 
@@ -86,7 +87,7 @@ class _Urgent:
         self.event = trio.Event()
 
 
-class Journal:
+class Journal(Reporting):
     """Use ``async with Journal.open(state_dir) as journal``; the committer lives inside."""
 
     def __init__(self, send_channel: trio.MemorySendChannel, urgent: _Urgent):
@@ -124,11 +125,18 @@ class Journal:
 
     # -- writes the caller waits for (durable on return) --------------------------------
 
-    async def append(self, events: Iterable[Event], deliveries: Iterable[Delivery], now: float):
-        """Journal new events and their deliveries; returns once they are on disk."""
+    async def append(
+        self, events: Sequence[Event], deliveries: Iterable[Delivery], now: float, **reporting
+    ) -> list[Delivery]:
+        """Journal new events and their deliveries; returns once they are on disk. With them,
+        ``bindings`` and ``reports`` (relay/journal/bindings.py); returns the deliveries that
+        reports add."""
         event_rows = [(e.id, e.name, e.body, e.received_at) for e in events]
         delivery_rows = [(d.id, d.event.id, d.webhook_id, now, now) for d in deliveries]
+        if reporting:
+            return await self._append_reporting(event_rows, delivery_rows, events, now, **reporting)
         await self._call("append", event_rows, delivery_rows)
+        return []
 
     # -- writes queued in order, not waited for ------------------------------------------
     # Losing one of these in a crash only repeats an attempt: the row is still pending.

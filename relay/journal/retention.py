@@ -19,6 +19,10 @@ each that deleted something left it within the run-to-run noise (6.9-8.4 ms agai
 and still prune ~7,000 events a second, twice the top tier's rate. Steps that only look (old
 events still pending, a removed webhook's parked ones) do not pause: they add a read to a
 commit, and a pass must not crawl over millions of them.
+
+Each pass also deletes expired delivery-report bindings (relay/journal/bindings.py), in steps
+through their expiry index, whatever ``retention`` is: expired ones are already ignored, this
+only frees their space.
 """
 
 from __future__ import annotations
@@ -39,6 +43,10 @@ PASS_EVERY_MAX = 3600.0
 FIRST_PASS_AFTER = 10.0  # at most, after start: recovery and the first deliveries go first
 STEP = 50  # events looked at per step (one operation in one commit)
 STEP_PAUSE = 0.005  # seconds after a step that deleted something
+# Expired bindings deleted per step: ~0.7 ms of SQL (measured among 500,000 on a busy machine;
+# their keys are random, so each delete dirties a page of its own), about what an events step
+# costs; with the pause, ~7,000 a second, beyond any rate of messages sent.
+BINDINGS_STEP = 50
 
 
 class Pruner:
@@ -58,6 +66,13 @@ class Pruner:
     async def run(self) -> None:
         await self._pause(min(FIRST_PASS_AFTER, self._pass_every()))
         while True:
+            try:
+                expired = await expire_bindings(self.journal, self.clock.now())
+            except JournalError as e:
+                log.error("retention: the journal failed (%s); trying again later", e)
+            else:
+                if expired:
+                    log.info("retention: removed %d expired delivery-report bindings", expired)
             seconds = self.retention
             if seconds > 0:
                 try:
@@ -92,5 +107,17 @@ async def prune(journal: Journal, cutoff: float) -> int:
         after, deleted, more = await journal.prune(after, cutoff, STEP)
         removed += deleted
         if more and deleted:
+            await trio.sleep(STEP_PAUSE)
+    return removed
+
+
+async def expire_bindings(journal: Journal, now: float) -> int:
+    """Delete the bindings expired by ``now``; returns how many went."""
+    removed, more = 0, True
+    while more:
+        deleted = await journal.expire_bindings(now, BINDINGS_STEP)
+        removed += deleted
+        more = deleted == BINDINGS_STEP
+        if more:
             await trio.sleep(STEP_PAUSE)
     return removed

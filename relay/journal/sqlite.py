@@ -8,6 +8,7 @@ batch of them in one transaction: one fsync for all (group commit).
 
 from __future__ import annotations
 
+import json
 import math
 import sqlite3
 from pathlib import Path
@@ -53,6 +54,16 @@ CREATE TABLE IF NOT EXISTS attempts (
     error TEXT,
     PRIMARY KEY (delivery_id, number)
 ) WITHOUT ROWID;
+-- Delivery reports: the webhook that wants the later events of a message (POST /reports, or
+-- an event that names its webhook_id binds its payload.id). Found by message id as the writer
+-- appends each event (see append); by expiry for retention. One webhook per message: a new
+-- binding replaces the old.
+CREATE TABLE IF NOT EXISTS bindings (
+    message_id TEXT PRIMARY KEY,
+    webhook_id TEXT NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS bindings_by_expiry ON bindings (expires_at);
 """
 
 
@@ -83,15 +94,89 @@ def connect(state_dir: Path) -> sqlite3.Connection:
 # -- operations: op(conn, *args) -> result -------------------------------------------------
 
 
-def append(conn, event_rows, delivery_rows):
+def append(conn, event_rows, delivery_rows, binding_rows=(), report_rows=(), now=0.0):
     """New events ``(id, name, body, received_at)`` and deliveries
-    ``(id, event_id, webhook_id, created_at, updated_at)``."""
+    ``(id, event_id, webhook_id, created_at, updated_at)``; with them, new bindings
+    ``(message_id, webhook_id, expires_at)`` (see ``bind``), and delivery reports.
+
+    ``report_rows`` are ``(event index, message_id, webhook ids the event goes to already)``:
+    an event whose message is bound (unexpired at ``now``) to another webhook gets a delivery
+    there too, in this transaction, so ingest needs no read of its own and memory holds no
+    bindings. Its id is the event's: an event has at most one report, and ids are unique
+    across events and deliveries alike (relay/ingest/events.py ``new_id``), so the writer makes
+    none. The bindings go in first: they apply to every event of the batch.
+
+    Returns ``(event index, delivery id, webhook_id)`` of the reports' deliveries.
+    """
     conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?)", event_rows)
     conn.executemany(
         "INSERT INTO deliveries (id, event_id, webhook_id, created_at, updated_at)"
         " VALUES (?, ?, ?, ?, ?)",
         delivery_rows,
     )
+    if binding_rows:
+        bind(conn, binding_rows)
+    if not report_rows:
+        return []
+    bound = _bound(conn, [message_id for _, message_id, _ in report_rows], now)
+    if not bound:
+        return []
+    added, rows = [], []
+    for index, message_id, routed in report_rows:
+        webhook_id = bound.get(message_id)
+        if webhook_id is not None and webhook_id not in routed:
+            event_id = event_rows[index][0]
+            added.append((index, event_id, webhook_id))
+            rows.append((event_id, event_id, webhook_id, now, now))
+    conn.executemany(
+        "INSERT INTO deliveries (id, event_id, webhook_id, created_at, updated_at)"
+        " VALUES (?, ?, ?, ?, ?)",
+        rows,
+    )
+    return added
+
+
+def _bound(conn, message_ids: list[str], now: float) -> dict[str, str]:
+    """The webhooks ``message_ids`` are bound to, unexpired at ``now``: one primary-key search
+    each, in one statement (json_each: one statement whatever the batch's size, ~0.8 µs an id
+    in batches of 100 against ~4 µs a statement each, measured)."""
+    if len(message_ids) == 1:
+        return dict(
+            conn.execute(
+                "SELECT message_id, webhook_id FROM bindings"
+                " WHERE message_id = ? AND expires_at > ?",
+                (message_ids[0], now),
+            ).fetchall()
+        )
+    return dict(
+        conn.execute(
+            "SELECT b.message_id, b.webhook_id FROM json_each(?) j"
+            " JOIN bindings b ON b.message_id = j.value WHERE b.expires_at > ?",
+            (json.dumps(message_ids), now),
+        ).fetchall()
+    )
+
+
+def bind(conn, rows):
+    """``(message_id, webhook_id, expires_at)``: the webhook that gets the message's later
+    events (its delivery reports) until then; it replaces any earlier binding of the message."""
+    conn.executemany("INSERT OR REPLACE INTO bindings VALUES (?, ?, ?)", rows)
+
+
+def has_bindings(conn, now):
+    """Whether any binding is unexpired at ``now``: while none is, ingest need not ask."""
+    query = "SELECT EXISTS (SELECT 1 FROM bindings WHERE expires_at > ?)"
+    return conn.execute(query, (now,)).fetchone() == (1,)
+
+
+def expire_bindings(conn, now, limit):
+    """Delete up to ``limit`` bindings expired by ``now`` (through the expiry index); returns
+    how many went."""
+    return conn.execute(
+        "DELETE FROM bindings WHERE message_id IN"
+        " (SELECT message_id FROM bindings WHERE expires_at <= ? ORDER BY expires_at LIMIT ?)",
+        (now, limit),
+    ).rowcount
 
 
 def record_attempts(conn, attempt_rows, delivery_rows):
@@ -211,6 +296,9 @@ OPERATIONS = {
         claim_due,
         next_due,
         prune,
+        bind,
+        has_bindings,
+        expire_bindings,
     )
 }
 
