@@ -142,3 +142,20 @@ async def test_the_attempt_records_what_failed_not_broken_resource_error(start_r
     assert journal_rows(running, "SELECT error FROM attempts") == [
         ("TLSError: certificate verify failed for host 127.0.0.1 (self-signed certificate)",)
     ]
+
+
+async def test_a_tls_connection_broken_after_the_handshake_says_how(nursery, ca):
+    async def garbage_after_handshake(stream: trio.SSLStream):
+        await stream.do_handshake()
+        await stream.receive_some(65536)
+        await stream.transport_stream.send_all(b"\x17\x03\x03\x00\x05nope!")  # a forged record
+        await trio.sleep(1)
+
+    context = server_context(ca, "127.0.0.1")
+    serve = functools.partial(
+        trio.serve_ssl_over_tcp, garbage_after_handshake, 0, context, host="127.0.0.1"
+    )
+    listeners = await nursery.start(serve)
+    url = f"https://127.0.0.1:{listeners[0].transport_listener.socket.getsockname()[1]}/"
+    with pytest.raises(ConnectionError, match=r"connection to 127\.0\.0\.1 broken: TLS \w"):
+        await client_trusting(ca).send(Request("POST", url, body=b"{}"))
