@@ -175,6 +175,8 @@ async def exchange(receiver: Receiver, data: bytes) -> bytes:
             "bad trailer field line",
         ),
         (b"POST  /hook HTTP/1.1\r\nHost: x\r\nContent-Length: 2", "malformed request line"),
+        (b"  HTTP/1.1\r\nHost: x\r\nContent-Length: 2", "malformed request line"),  # fuzz
+        (b"P(ST /hook HTTP/1.1\r\nHost: x\r\nContent-Length: 2", "malformed request line"),
     ],
 )
 async def test_requests_that_could_mean_two_things_are_400s_naming_why(served, head, reason):
@@ -202,3 +204,29 @@ async def test_strict_is_not_stricter_than_rfc_9112(served, head):
     answer = await exchange(served, head + b"\r\n\r\n" + body)
     assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
     assert served.requests[0].body == b"{}"
+
+
+async def test_an_answer_to_head_has_no_content_and_keep_alive_survives_it(served):
+    async with await connect(served) as stream:
+        await stream.send_all(b"HEAD /hook HTTP/1.1\r\nHost: x\r\n\r\n" + request())
+        client = h11.Connection(h11.CLIENT)  # independent: reads both answers off the stream
+        events = []
+        for method, body in (("HEAD", b""), ("POST", b"{}")):  # the bytes request() sent
+            headers = [("Host", "x"), ("Content-Length", str(len(body)))]
+            client.send(h11.Request(method=method, target="/hook", headers=headers))
+            if body:
+                client.send(h11.Data(body))
+            client.send(h11.EndOfMessage())
+            while True:
+                event = client.next_event()
+                if event is h11.NEED_DATA:
+                    client.receive_data(await stream.receive_some(65536))
+                    continue
+                events.append(event)
+                if isinstance(event, h11.EndOfMessage):
+                    break
+            client.start_next_cycle()
+    head_answer, _, post_answer, post_body, _ = events
+    assert head_answer.status_code == post_answer.status_code == 200
+    assert (b"content-length", b"2") in head_answer.headers  # what GET would have had
+    assert post_body.data == b"{}"

@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 import trio
 
-from relay.http.http11 import Closed, HTTPStream, ProtocolError, shown
+from relay.http.http11 import HEADER_NAME, Closed, HTTPStream, ProtocolError, shown
 from relay.http.limits import RESERVE, Throttled, connection_cap, raise_open_files_limit
 
 log = logging.getLogger(__name__)
@@ -237,7 +237,12 @@ class HTTPServer:
     ) -> bool:
         """Serve one request; whether the connection stays open for another."""
         parts = start.split(b" ")
-        if len(parts) != 3 or parts[2] not in (b"HTTP/1.1", b"HTTP/1.0"):
+        if (
+            len(parts) != 3
+            or parts[2] not in (b"HTTP/1.1", b"HTTP/1.0")
+            or (parts[0] not in _METHODS and not _TOKEN.match(parts[0]))
+            or not parts[1]
+        ):
             raise ProtocolError(f"malformed request line (RFC 9112 3): {shown(start)}")
         method, target, version = parts
         connection_header = headers.get(b"connection", b"").lower()
@@ -282,10 +287,15 @@ class HTTPServer:
             log.exception("error handling %s %s", request.method, request.path)
             status, payload = 500, {"error": "internal error; see the relay's log"}
         connection.expires = self._expires(REQUEST_TIMEOUT)  # a client that reads no answers
-        await io.send_all(_response(status, payload, close=not keep_alive))
+        answer = _response(status, payload, close=not keep_alive)
+        if method == b"HEAD":  # the head GET would get, no content (RFC 9110 9.3.2)
+            answer = answer[: answer.index(b"\r\n\r\n") + 4]
+        await io.send_all(answer)
         return keep_alive
 
 
+_METHODS = frozenset({b"GET", b"POST", b"HEAD", b"PUT", b"DELETE", b"PATCH", b"OPTIONS"})
+_TOKEN = re.compile(HEADER_NAME.pattern.encode())  # method = token (RFC 9112 3.1)
 # Host = uri-host [ ":" port ] (RFC 3986 3.2.2): an IP literal in brackets or a reg-name, which
 # has no space and no comma; "a, b" is what two Host headers look like once read.
 _HOST = re.compile(rb"(?:\[[0-9A-Za-z:.]+\]|[-._~!$&'()*+;=%0-9A-Za-z]*)(?::[0-9]*)?\Z")
