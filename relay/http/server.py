@@ -204,24 +204,26 @@ class HTTPServer:
     async def _serve_connection(self, connection: _Connection) -> None:
         io = connection.io
         try:
-            # One cancel scope bounds every wait of the connection; the sweeper cancels it when
-            # the wait in progress has run out (or the cap drains it), and the connection closes.
+            # One cancel scope bounds every wait of the connection, the answer to a bad request
+            # too; the sweeper cancels it when the wait in progress has run out (or the cap
+            # drains it), and the connection closes.
             with connection.scope:
-                while True:
-                    connection.since = self._now
-                    connection.expires = self._expires(IDLE_TIMEOUT)
-                    connection.idle = True
-                    start, headers = await io.read_head()
+                try:
+                    while True:
+                        connection.since = self._now
+                        connection.expires = self._expires(IDLE_TIMEOUT)
+                        connection.idle = True
+                        start, headers = await io.read_head()
+                        connection.idle = False
+                        if not await self._serve_request(io, start, headers, connection):
+                            return
+                except ProtocolError as e:
                     connection.idle = False
-                    if not await self._serve_request(io, start, headers, connection):
-                        return
+                    connection.expires = self._expires(REQUEST_TIMEOUT)
+                    answer = {"error": f"bad request: {e}"}
+                    await io.send_all(_response(e.status, answer, close=True))
         except Closed:
             pass  # between requests: the client is done
-        except ProtocolError as e:
-            try:
-                await io.send_all(_response(e.status, {"error": f"bad request: {e}"}, close=True))
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                pass
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass  # the client went away
         finally:
