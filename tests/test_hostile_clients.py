@@ -148,7 +148,14 @@ async def test_a_connection_idle_before_its_first_byte_gets_the_idle_timeout(
     assert await answer_or_close(client) == b""  # idle after its answer: closed
 
 
-@pytest.mark.parametrize("request_bytes", [REQUEST, b"GET /x HTTP/1.1\r\n\r\n"])  # 200, 400
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        REQUEST,  # 200
+        b"GET /x HTTP/1.1\r\n\r\n",  # 400: no Host
+        b"POST /x HTTP/1.1\r\nHost: relay\r\nContent-Length: 99999999\r\n\r\n",  # 413
+    ],
+)
 async def test_an_answer_the_client_never_reads_ends_the_connection(
     nursery, autojump_clock, request_bytes
 ):

@@ -260,13 +260,14 @@ class HTTPServer:
         if host is not None and not _HOST.match(host):
             raise ProtocolError(_host_problem(host))
         length = io.body_length(headers)
+        if length is None or len(io.buffer) < length:  # else it came with the head
+            connection.expires = self._expires(REQUEST_TIMEOUT)
         if length is not None and length > self.max_body:
+            connection.expires = self._expires(REQUEST_TIMEOUT)  # for the answer
             await io.send_all(_response(413, _too_large(self.max_body), close=True))
             return False
         if length != 0 and headers.get(b"expect", b"").lower() == b"100-continue":
             await io.send_all(CONTINUE)
-        if length is None or len(io.buffer) < length:  # else it came with the head
-            connection.expires = self._expires(REQUEST_TIMEOUT)
         if length is None:
             body, whole = await io.read_chunked(self.max_body)
             if not whole:
