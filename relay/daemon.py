@@ -20,6 +20,7 @@ from relay.config import Config, ConfigError
 from relay.config.paths import describe, directory_problem, socket_problem
 from relay.delivery.dispatch import Dispatcher
 from relay.delivery.remote import EXIT_MARGIN, RemoteDispatcher
+from relay.http.limits import RESERVE
 from relay.http.server import HTTPServer, open_tcp_listeners, open_unix_listener
 from relay.ingest.api import Api
 from relay.ingest.events import Router
@@ -165,6 +166,7 @@ class Relay:
         self.router = Router(new.webhooks)
         if self._server is not None:
             self._server.max_body = new.relay.max_body
+            self._server.reserve = _descriptors_reserved(new)
         self.pruner.set_retention(new.relay.retention)
         if not remote:
             self.dispatcher.reconfigure(new)
@@ -249,7 +251,9 @@ class Relay:
                 addresses = [_address(listener) for listener in listeners]
                 for address in addresses:
                     log.info("taking events on %s", address)
-                server = self._server = HTTPServer(Api(self), max_body=relay.max_body)
+                server = self._server = HTTPServer(
+                    Api(self), max_body=relay.max_body, reserve=_descriptors_reserved(self.config)
+                )
                 async with trio.open_nursery() as nursery:
                     if listeners:
                         await nursery.start(server.serve, listeners)
@@ -297,6 +301,14 @@ def listen_error(address, key: str, error: OSError) -> str:
 
 def state_dir_error(path: Path, problem: str) -> str:
     return f"cannot keep the journal in {path} ([relay] state_dir): {problem}"
+
+
+def _descriptors_reserved(config: Config) -> int:
+    """The open files the ingest server leaves for the rest of the process: the http layer's
+    RESERVE, and with delivery in this process a connection per attempt in flight (an origin's
+    pool never holds more connections than attempts ran at once there)."""
+    inline = config.relay.delivery == "inline"
+    return RESERVE + (sum(w.concurrency for w in config.webhooks) if inline else 0)
 
 
 def _count_tasks(task) -> int:

@@ -47,8 +47,9 @@ def add_plugin(tmp_path: Path, name: str, source: str) -> None:
 class Daemon:
     running: list["Daemon"] = []  # what a failed test left behind is killed (conftest.py)
 
-    def __init__(self, config: Path):
+    def __init__(self, config: Path, preexec_fn=None):
         self.config = config
+        self.preexec_fn = preexec_fn  # run in the child before exec: limits, say
         self.log = config.parent / "relay.log"
         self.process: trio.Process | None = None
         self.url = ""
@@ -60,6 +61,7 @@ class Daemon:
             [sys.executable, "-m", "relay", "run", "--config", str(self.config)],
             stdout=subprocess.DEVNULL,
             stderr=self.log.open("a"),
+            preexec_fn=self.preexec_fn,
         )
         Daemon.running.append(self)
         return self

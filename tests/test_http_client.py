@@ -4,6 +4,7 @@ import pytest
 import trio
 
 from relay.http.client import HTTPClient, Target, encode_head
+from relay.http.http11 import ProtocolError
 from relay.model import PermanentFailure, Request
 
 
@@ -169,3 +170,76 @@ async def test_garbage_answers_are_errors(serve):
     server = await serve(b"SSH-2.0-OpenSSH\r\n\r\n")
     with pytest.raises(Exception, match="not an HTTP/1.x response"):
         await HTTPClient().send(post(server))
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        # Each was read as 200 or its first three digits: a delivery marked delivered that was not.
+        (b"HTTP/1.1 2000 OK\r\nContent-Length: 2\r\n\r\nok", "status line 'HTTP/1.1 2000 OK'"),
+        (b"HTTP/1.1 200junk\r\nContent-Length: 2\r\n\r\nok", "status line 'HTTP/1.1 200junk'"),
+        (b"HTTP/1.1 20 OK\r\nContent-Length: 2\r\n\r\nok", "status line"),
+        (b"HTTP/1.1  200 OK\r\nContent-Length: 2\r\n\r\nok", "status line"),
+        (b"HTTP/1.1 +20 OK\r\nContent-Length: 2\r\n\r\nok", "status line"),
+        (b"HTTP/1.10 200 OK\r\nContent-Length: 2\r\n\r\nok", "status line"),
+        (b"http/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", "status line"),  # case-sensitive
+        (b"HTTP/2 200 OK\r\nContent-Length: 2\r\n\r\nok", "status line"),
+        (b"HTTP/1.1 099 Low\r\nContent-Length: 2\r\n\r\nok", "status code 099 is not one"),
+        (b"HTTP/1.1 600 High\r\nContent-Length: 2\r\n\r\nok", "status code 600 is not one"),
+        (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n", "101 Switching Protocols"),
+        (b"HTTP/1.1 200 O\x00K\r\nContent-Length: 2\r\n\r\nok", "control character 0x00"),
+        (b"HTTP/1.1 200 OK\r\nX-A: 1\x0b\r\nContent-Length: 2\r\n\r\nok", "0x0b in the value"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length : 2\r\n\r\nok", "whitespace between header name"),
+        (b"HTTP/1.1 200 OK\r\nX-A: 1\r\n\t2\r\nContent-Length: 2\r\n\r\nok", "line folding"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2, 3\r\n\r\nok", "conflicting Content-Length"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 0x2\r\n\r\nok", "bad Content-Length"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\nok", "both"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0x2\r\nok\r\n0\r\n\r\n", "chunk"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2zz\r\nok\r\n0\r\n\r\n", "chunk"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n 2\r\nok\r\n0\r\n\r\n", "chunk"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nokX\r\n0\r\n\r\n", "CRLF"),
+    ],
+)
+async def test_answers_that_could_mean_two_things_are_protocol_errors(serve, answer, reason):
+    server = await serve(answer, OK)
+    client = HTTPClient()
+    with trio.fail_after(5), pytest.raises(ProtocolError) as raised:
+        await client.send(post(server))
+    assert reason in str(raised.value)
+    assert (await client.send(post(server))).status == 200  # on a new connection
+    assert server.connections == 2
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200\r\nContent-Length: 2\r\n\r\nok",  # no SP before the empty reason
+        b"HTTP/1.1 200 \r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 caf\xc3\xa9 \t ok\r\nContent-Length: 2\r\n\r\nok",  # obs-text, tabs
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok",  # one value, repeated
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2 ;x=y\r\nok\r\n0\r\nT: 1\r\n\r\n",
+    ],
+)
+async def test_answers_rfc_9112_allows_are_taken(serve, answer):
+    server = await serve(answer)
+    response = await HTTPClient().send(post(server))
+    assert (response.status, response.body) == (200, b"ok")
+
+
+async def test_an_answer_that_is_no_http_fails_the_attempt_for_a_retry(start_relay, serve):
+    from tests.conftest import no_retry_delay, seed_events
+    from tests.test_delivery import journal_rows
+
+    server = await serve(b"HTTP/1.1 2000 OK\r\nContent-Length: 0\r\n\r\n", OK)
+    url = f"http://127.0.0.1:{server.port}/hook"
+    running = await start_relay([{"id": "crm", "url": url, "backoff": no_retry_delay()}])
+    await running.post(seed_events()[0])
+    with trio.fail_after(10):
+        while journal_rows(running, "SELECT state FROM deliveries") != [("delivered",)]:
+            await trio.sleep(0.05)
+    attempts = journal_rows(running, "SELECT status, error FROM attempts ORDER BY number")
+    assert attempts == [
+        (None, "ProtocolError: not an HTTP/1.x response: status line 'HTTP/1.1 2000 OK'"),
+        (200, None),
+    ]

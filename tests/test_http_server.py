@@ -112,3 +112,121 @@ def test_answers_are_framed_with_their_length(status, close):
     assert head.status_code == status
     assert (b"connection", b"close") in head.headers or not close
     assert json.loads(body.data) == {"error": "é"}
+
+
+async def exchange(receiver: Receiver, data: bytes) -> bytes:
+    """Send ``data``, return the answer (the server closes after a 400 and after HTTP/1.0)."""
+    async with await connect(receiver) as stream:
+        await stream.send_all(data)
+        answer = b""
+        with trio.fail_after(5):
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                if not (chunk := await stream.receive_some(65536)):
+                    break
+                answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("head", "reason"),
+    [
+        (b"POST /hook HTTP/1.1\r\nContent-Length: 2", "no Host header (RFC 9112 3.2"),
+        (b"POST /hook HTTP/1.1\r\nHost: a\r\nHost: b\r\nContent-Length: 2", "more than one Host"),
+        (b"POST /hook HTTP/1.0\r\nHost: a\r\nHost: b\r\nContent-Length: 2", "more than one Host"),
+        (b"POST /hook HTTP/1.1\r\nHost: a b\r\nContent-Length: 2", "bad Host header"),
+        (
+            b"POST /hook HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\nContent-Length: 2",
+            "0x00 in the value",
+        ),
+        (b"POST /hook HTTP/1.1\r\nHost: x\r\nX-A: a\rb\r\nContent-Length: 2", "0x0d in the value"),
+        (
+            b"POST /hook HTTP/1.1\r\nHost: x\r\nX-A: a\x1bb\r\nContent-Length: 2",
+            "0x1b in the value",
+        ),
+        (b"POST /hook HTTP/1.1\r\nHost: x\r\nX-A: a\x7f\r\nContent-Length: 2", "0x7f in the value"),
+        (
+            b"POST /hook HTTP/1.1\r\nHost: x\nX-A: 1\r\nContent-Length: 2",
+            "0x0a in the value of header 'Host'",
+        ),
+        (b"POST /h\x00 HTTP/1.1\r\nHost: x\r\nContent-Length: 2", "0x00 in the head's line"),
+        (b"POST /hook HTTP/1.1\r\nHost : x\r\nContent-Length: 2", "whitespace between header name"),
+        (b"POST /hook HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n folded\r\nContent-Length: 2", "folding"),
+        (
+            b"POST /hook HTTP/1.1\r\nHost: x\r\nNo colon here\r\nContent-Length: 2",
+            "without a colon",
+        ),
+        (b"POST /hook HTTP/1.1\r\nHost: x\r\nContent-Length: 2, 3", "conflicting Content-Length"),
+        (
+            b"POST /hook HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3",
+            "conflicting",
+        ),
+        (b"POST /hook HTTP/1.1\r\nHost: x\r\nContent-Length: +2", "bad Content-Length"),
+        (
+            b"POST /hook HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nTransfer-Encoding: chunked",
+            "both Content-Length and Transfer-Encoding",
+        ),
+        (b"POST /hook HTTP/1.0\r\nTransfer-Encoding: chunked", "Transfer-Encoding in an HTTP/1.0"),
+        (b"POST /hook HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0x2", "chunk size"),
+        (b"POST /hook HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n 2", "chunk size"),
+        (b"POST /hook HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2 x", "chunk size"),
+        (
+            b"POST /hook HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n"
+            b"Bad trailer\r\n",
+            "bad trailer field line",
+        ),
+        (b"POST  /hook HTTP/1.1\r\nHost: x\r\nContent-Length: 2", "malformed request line"),
+        (b"  HTTP/1.1\r\nHost: x\r\nContent-Length: 2", "malformed request line"),  # fuzz
+        (b"P(ST /hook HTTP/1.1\r\nHost: x\r\nContent-Length: 2", "malformed request line"),
+    ],
+)
+async def test_requests_that_could_mean_two_things_are_400s_naming_why(served, head, reason):
+    answer = await exchange(served, head + b"\r\n\r\n{}")
+    assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert b"Connection: close" in answer
+    assert reason in json.loads(answer.partition(b"\r\n\r\n")[2])["error"]
+    assert served.requests == []
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST /hook HTTP/1.1\r\nHost: x\r\nContent-Length: 2, 2",  # one value, repeated
+        b"POST /hook HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 2",
+        b"POST /hook HTTP/1.0\r\nContent-Length: 2",  # HTTP/1.0 needs no Host
+        b"POST /hook HTTP/1.1\r\nHost:\r\nContent-Length: 2",  # empty: allowed (RFC 9112 3.2)
+        b"POST /hook HTTP/1.1\r\nHost: [::1]:8765\r\nContent-Length: 2",
+        b"POST /hook HTTP/1.1\r\nHost: x\r\nX-Name: caf\xc3\xa9\tok\r\nContent-Length: 2",
+        b"POST /hook HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2 ; a=b\r\n{}\r\n0",
+    ],
+)
+async def test_strict_is_not_stricter_than_rfc_9112(served, head):
+    body = b"" if b"chunked" in head else b"{}"
+    answer = await exchange(served, head + b"\r\n\r\n" + body)
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert served.requests[0].body == b"{}"
+
+
+async def test_an_answer_to_head_has_no_content_and_keep_alive_survives_it(served):
+    async with await connect(served) as stream:
+        await stream.send_all(b"HEAD /hook HTTP/1.1\r\nHost: x\r\n\r\n" + request())
+        client = h11.Connection(h11.CLIENT)  # independent: reads both answers off the stream
+        events = []
+        for method, body in (("HEAD", b""), ("POST", b"{}")):  # the bytes request() sent
+            headers = [("Host", "x"), ("Content-Length", str(len(body)))]
+            client.send(h11.Request(method=method, target="/hook", headers=headers))
+            if body:
+                client.send(h11.Data(body))
+            client.send(h11.EndOfMessage())
+            while True:
+                event = client.next_event()
+                if event is h11.NEED_DATA:
+                    client.receive_data(await stream.receive_some(65536))
+                    continue
+                events.append(event)
+                if isinstance(event, h11.EndOfMessage):
+                    break
+            client.start_next_cycle()
+    head_answer, _, post_answer, post_body, _ = events
+    assert head_answer.status_code == post_answer.status_code == 200
+    assert (b"content-length", b"2") in head_answer.headers  # what GET would have had
+    assert post_body.data == b"{}"

@@ -49,6 +49,18 @@ STATUS = seed_events()[0]
         # JSON can spell a lone surrogate; the journal (UTF-8) cannot store it. It once killed
         # the journal writer, and with it the relay.
         (b'{"event": "a\\ud800", "payload": {}}', 422, "event", "lone surrogate"),
+        # Python's json reads these; JSON has none of them (RFC 8259 6), and strict receivers
+        # would refuse what relay sent on.
+        (b'{"event": "x", "payload": {"price": NaN}}', 400, "payload.price", "NaN is not JSON"),
+        (b'{"event": "x", "payload": {"p": Infinity}}', 400, "payload.p", "Infinity is not JSON"),
+        (
+            b'[{"event": "x", "payload": {}}, {"event": "x", "payload": {"a": [1, -Infinity]}}]',
+            400,
+            "[1].payload.a[1]",
+            "-Infinity is not JSON (RFC 8259)",
+        ),
+        (b'{"event": "x", "payload": {"p": 1e400}}', 400, "payload.p", "1e400 is out of range"),
+        (b'{"event": NaN, "payload": {}}', 400, "event", "NaN is not JSON"),
     ],
 )
 async def test_bad_events_are_rejected_whole_and_nothing_is_journaled(
@@ -75,6 +87,20 @@ async def test_json_python_cannot_hold_is_a_400_not_a_500(start_relay, receiver,
     assert response.status_code == 400
     assert "body is not valid JSON" in response.json()["problems"][0]["reason"]
     assert journaled(running) == (0, 0)
+
+
+async def test_every_value_json_has_not_is_named_and_finite_numbers_pass(running):
+    body = b'{"event": "x", "payload": {"a": NaN, "b": {"c": -1E+999}, "d": [0.5, 1e308]}}'
+    response = await running.post(body)
+    assert response.status_code == 400
+    assert [(p["field"], p["reason"].split()[0]) for p in response.json()["problems"]] == [
+        ("payload.a", "NaN"),
+        ("payload.b.c", "-1E+999"),
+    ]
+    assert journaled(running) == (0, 0)
+    fine = b'{"event": "x", "payload": {"d": [0.5, 1e308, -2.5E-3, 7]}}'
+    assert (await running.post(fine)).status_code == 202
+    assert journaled(running) == (1, 1)
 
 
 async def test_wrong_content_type_is_415(running):

@@ -12,6 +12,13 @@ Header text is checked before anything is sent: CR, LF, NUL or non-ASCII in a he
 (a request can never carry a smuggled header). The caller bounds each request in time (a cancel
 scope); a request that is cancelled or fails leaves its connection closed, never back in the
 pool. Redirects are not followed: a 3xx is an answer like any other.
+
+Answers are read as strictly as requests are (relay/http/http11.py): a status line that is not
+``HTTP/1.x SP 3DIGIT SP reason``, a code outside 100-599, a bad header line, Content-Length or
+chunk is a ``ProtocolError`` naming what was wrong, never a guess. Reading "HTTP/1.1 2000" as a
+200 would mark a delivery delivered that was not. A failed TLS handshake is a ``TLSError`` that
+says why (the certificate and its host, a timeout, a peer that hung up), not trio's bare
+BrokenResourceError.
 """
 
 from __future__ import annotations
@@ -23,11 +30,25 @@ from urllib.parse import urlsplit
 
 import trio
 
-from relay.http.http11 import HEADER_NAME, HEADER_VALUE, REQUEST_TARGET, HTTPStream, ProtocolError
+from relay.http.http11 import (
+    HEADER_NAME,
+    HEADER_VALUE,
+    REQUEST_TARGET,
+    HTTPStream,
+    ProtocolError,
+    shown,
+)
 from relay.http.messages import PermanentFailure, Request, Response
 
 USER_AGENT = "relay/0.1"
+HANDSHAKE_TIMEOUT = 10.0  # at most; within the caller's deadline, a little before it
+_HANDSHAKE_MARGIN = 0.1  # so that a hung handshake is reported as one, not as "no response"
 _NO_BODY_STATUSES = frozenset({204, 304})
+# status-line = HTTP-version SP status-code SP [ reason-phrase ] (RFC 9112 4); what the reason
+# holds, read_head has checked (no control characters). Servers must send the SP before an
+# empty reason, a few do not: "HTTP/1.1 200" can mean one thing only, and RFC 9112 2.2 lets a
+# recipient split the line on whitespace, so that one is taken. Nothing else is.
+_STATUS_LINE = re.compile(rb"HTTP/1\.[0-9] ([0-9]{3})(?: |\Z)")
 _TARGETS_CACHED = 4096
 _TOKEN = HEADER_NAME.pattern.removesuffix(r"\Z")
 HEADER_NAMES = re.compile(rf"(?:{_TOKEN}(?::{_TOKEN})*)?\Z")  # names joined with ":"
@@ -91,14 +112,14 @@ class Connection:
         await self.io.send_all(data)
         while True:
             start, headers = await self.io.read_head()
-            version, _, rest = start.partition(b" ")
-            code = rest[:3]
-            if not version.startswith(b"HTTP/1.") or not code.isdigit():
-                raise ProtocolError("not an HTTP/1.x response")
-            status = int(code)
-            if not 100 <= status < 200:
+            if not (found := _STATUS_LINE.match(start)):
+                raise ProtocolError(f"not an HTTP/1.x response: status line {shown(start)}")
+            status = int(found[1])
+            if not 100 <= status <= 599 or status == 101:
+                raise ProtocolError(_status_problem(status))
+            if status >= 200:
                 break  # 1xx answers (100 Continue, 103 Early Hints) precede the real one
-        keep_alive = version == b"HTTP/1.1" and b"close" not in headers.get(b"connection", b"")
+        keep_alive = start[5:8] != b"1.0" and b"close" not in headers.get(b"connection", b"")
         if status in _NO_BODY_STATUSES:
             body, complete = b"", True
         elif b"transfer-encoding" in headers or b"content-length" in headers:
@@ -168,8 +189,10 @@ class HTTPClient:
                 await connection.io.aclose()
                 connection = await self._connect(target.origin)
                 response = await connection.roundtrip(data, self.max_response_body)
-        except BaseException:
+        except BaseException as e:
             await connection.io.aclose()
+            if isinstance(e, trio.BrokenResourceError) and not str(e):  # TLS says nothing
+                raise ConnectionError(_broken(e.__cause__, target.origin[1])) from e
             raise
         await self._checkin(connection)
         return response
@@ -193,7 +216,7 @@ class HTTPClient:
                 stream, self.ssl_context, server_hostname=host, https_compatible=True
             )
             try:
-                await stream.do_handshake()
+                await _handshake(stream, host)
             except BaseException:
                 await trio.aclose_forcefully(stream)
                 raise
@@ -212,3 +235,52 @@ class HTTPClient:
             while idle:
                 await idle.pop().io.aclose()
         self._idle.clear()
+
+
+class TLSError(ConnectionError):
+    """A TLS handshake with a webhook's host failed; the message says how. (A ConnectionError:
+    the attempt fails and is retried, as for any connection that could not be made.)"""
+
+
+async def _handshake(stream: trio.SSLStream, host: str) -> None:
+    started = trio.current_time()
+    deadline = min(
+        started + HANDSHAKE_TIMEOUT, trio.current_effective_deadline() - _HANDSHAKE_MARGIN
+    )
+    with trio.move_on_at(deadline) as scope:
+        try:
+            await stream.do_handshake()
+        except trio.BrokenResourceError as e:
+            raise TLSError(_tls_problem(e.__cause__, host)) from e
+    if scope.cancelled_caught:
+        elapsed = trio.current_time() - started
+        raise TLSError(f"TLS handshake with {host} timed out after {elapsed:.1f} s")
+
+
+def _tls_problem(cause: BaseException | None, host: str) -> str:
+    """What a failed handshake's cause means, in words (ssl's own are in its reason codes)."""
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return f"certificate verify failed for host {host} ({cause.verify_message})"
+    if cause is None or isinstance(cause, ssl.SSLEOFError | ssl.SSLZeroReturnError):
+        return f"connection closed by {host} during the TLS handshake"
+    if isinstance(cause, ssl.SSLError) and cause.reason:
+        reason = cause.reason.lower().replace("_", " ")
+        if cause.reason == "WRONG_VERSION_NUMBER":
+            reason += " (is it a TLS port?)"
+        return f"TLS handshake with {host} failed: {reason}"
+    detail = cause.strerror if isinstance(cause, OSError) and cause.strerror else cause
+    return f"TLS handshake with {host} failed: {detail}"
+
+
+def _broken(cause: BaseException | None, host: str) -> str:
+    if isinstance(cause, ssl.SSLError) and cause.reason:
+        return f"connection to {host} broken: TLS {cause.reason.lower().replace('_', ' ')}"
+    if isinstance(cause, OSError) and cause.strerror:
+        return f"connection to {host} broken: {cause.strerror}"
+    return f"connection to {host} broken" + (f": {cause}" if cause is not None else "")
+
+
+def _status_problem(status: int) -> str:
+    if status == 101:
+        return "101 Switching Protocols, and relay asked for no upgrade"
+    return f"status code {status:03d} is not one (RFC 9110 15: 100 to 599)"

@@ -5,9 +5,12 @@ it was the largest single item in the relay's profile (47% of the delivery side,
 with single-event requests). relay speaks a narrow HTTP: small JSON in, small answers out. So
 heads are found with ``bytes.find`` and split once; bodies are framed by Content-Length, chunked
 encoding, or (answers only) the connection's end. What this module does not accept, it refuses
-loudly (``ProtocolError``), never guesses: both Content-Length and Transfer-Encoding, a transfer
-coding other than chunked, a header without a colon or with space before it, obsolete line
-folding, oversized heads.
+loudly (``ProtocolError``, naming what was wrong), never guesses: both Content-Length and
+Transfer-Encoding, a transfer coding other than chunked, a Content-Length that is not digits (or a
+list of one value repeated), a header without a colon or with space before it, obsolete line
+folding, a control character anywhere in a head (CR, LF and NUL are how headers get smuggled),
+a chunk size that is not hex digits, oversized heads. Lenient parsing is how a message means one
+thing to relay and another to the peer (RFC 9112 11.2).
 """
 
 from __future__ import annotations
@@ -33,7 +36,13 @@ HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*\Z")  # visible ASCII, space and tab
 REQUEST_TARGET = re.compile(r"[\x21-\x7e]*\Z")  # visible ASCII: no space, no control
 _TOKEN = re.compile(_TOKEN_TEXT.encode())
 _LENGTH = re.compile(rb"[0-9]{1,18}\Z")  # int() of 4,300+ digits raises; no body is that big
-_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,15}\Z")  # int(x, 16) alone takes "-1", "0x1", "1_0"
+# chunk-size [ BWS ";" chunk-ext ] (RFC 9112 7.1.1): int(x, 16) alone takes "-1", "0x1", "1_0",
+# " 1"; extensions are ignored but must be text.
+_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,15})(?:[ \t]*;[\t\x20-\x7e\x80-\xff]*)?\Z")
+_FIELD_LINE = re.compile(_TOKEN_TEXT.removesuffix(r"\Z").encode() + rb":[\t\x20-\x7e\x80-\xff]*\Z")
+# What no line of a head may hold: controls but HTAB (RFC 9110 5.5: field values are visible
+# text, space, tab and obs-text), so CR and LF only as the CRLF that ends a line.
+_CONTROLS = bytes([*range(0x09), *range(0x0A, 0x20), 0x7F])
 
 
 class ProtocolError(Exception):
@@ -121,8 +130,13 @@ class HTTPStream:
             self.buffer += data
         if end > MAX_HEAD:
             raise ProtocolError("message head too large", 431)
-        lines = bytes(self.buffer[:end]).split(b"\r\n")
+        head = bytes(self.buffer[:end])
         del self.buffer[: end + 4]
+        lines = head.split(b"\r\n")
+        # Every control character goes, CR and LF too: if only the CRLFs between lines went,
+        # the head holds none other (one pass in C, ~0.2 µs, instead of a regex per line).
+        if len(head.translate(None, _CONTROLS)) != len(head) - 2 * (len(lines) - 1):
+            raise ProtocolError(_control_problem(lines))
         while lines and not lines[0]:  # RFC 9112 2.2: ignore empty lines before a request
             lines.pop(0)
         if not lines:
@@ -133,12 +147,10 @@ class HTTPStream:
         for line in lines[1:]:
             name, colon, value = line.partition(b":")
             if not colon or not _TOKEN.match(name):
-                raise ProtocolError("malformed header line")
+                raise ProtocolError(_header_line_problem(line))
             name = name.lower()
             value = value.strip(b" \t")
-            if name in headers:
-                if name == b"content-length" and headers[name] != value:
-                    raise ProtocolError("conflicting Content-Length headers")
+            if name in headers:  # a list (RFC 9110 5.3); body_length checks Content-Length's
                 value = headers[name] + b", " + value
             headers[name] = value
         return lines[0], headers
@@ -157,7 +169,7 @@ class HTTPStream:
         if length is None:
             return 0
         if not _LENGTH.match(length):
-            raise ProtocolError("bad Content-Length")
+            return _one_length(length)
         return int(length)
 
     async def read_exactly(self, size: int) -> bytes:
@@ -171,13 +183,14 @@ class HTTPStream:
         """A chunked body, and whether it was read whole: past ``limit`` bytes reading stops."""
         chunks, size = [], 0
         while True:
-            size_text = (await self._read_line()).split(b";", 1)[0].strip(b" \t")
-            if not _CHUNK_SIZE.match(size_text):
-                raise ProtocolError("bad chunk size")
-            chunk = int(size_text, 16)
+            line = await self._read_line()
+            if not (found := _CHUNK_LINE.match(line)):
+                raise ProtocolError(f"bad chunk size line: {shown(line)}")
+            chunk = int(found[1], 16)
             if chunk == 0:
-                while await self._read_line():  # trailer fields, up to the empty line
-                    pass
+                while trailer := await self._read_line():  # trailer fields, up to the empty line
+                    if not _FIELD_LINE.match(trailer):
+                        raise ProtocolError(f"bad trailer field line: {shown(trailer)}")
                 return b"".join(chunks), True
             size += chunk
             if size > limit:
@@ -206,3 +219,48 @@ class HTTPStream:
 
     async def aclose(self) -> None:
         await trio.aclose_forcefully(self.stream)
+
+
+def _one_length(value: bytes) -> int:
+    """A Content-Length that came as a list: "42, 42" is one value repeated (an upstream merged
+    two identical headers; RFC 9110 8.6 lets a recipient take it as 42), anything else a message
+    whose length cannot be known (RFC 9112 6.3)."""
+    values = {v.strip(b" \t") for v in value.split(b",")}
+    if not all(_LENGTH.match(v) for v in values):
+        raise ProtocolError(f"bad Content-Length: {shown(value)} (digits only)")
+    if len({int(v) for v in values}) != 1:
+        raise ProtocolError(f"conflicting Content-Length values: {shown(value)}")
+    return int(values.pop())
+
+
+def _control_problem(lines: list[bytes]) -> str:
+    """Which line of a head holds a control character, and which one (the error path only)."""
+    for i, line in enumerate(lines):
+        bad = next((b for b in line if b in _CONTROLS), None)
+        if bad is None:
+            continue
+        if i == 0 or b":" not in line:
+            return f"control character 0x{bad:02x} in the head's line {shown(line)}"
+        name = line.partition(b":")[0]
+        return f"control character 0x{bad:02x} in the value of header {shown(name)}"
+    return "control character in the message head"
+
+
+def _header_line_problem(line: bytes) -> str:
+    """Why ``line`` is no header field line (RFC 9112 5): the error path only."""
+    name, colon, _ = line.partition(b":")
+    if line[:1] in (b" ", b"\t"):
+        return f"obsolete line folding (RFC 9112 5.2): {shown(line)}"
+    if not colon:
+        return f"header line without a colon: {shown(line)}"
+    if name.rstrip(b" \t") != name:
+        return f"whitespace between header name and colon (RFC 9112 5.1): {shown(name)}"
+    if not name:
+        return "header line with an empty name"
+    return f"header name is not a token: {shown(name)}"
+
+
+def shown(text: bytes, limit: int = 60) -> str:
+    """Peer bytes as they may appear in an error: quoted, escaped, cut short."""
+    quoted = repr(text[:limit])[1:]
+    return quoted + ("..." if len(text) > limit else "")

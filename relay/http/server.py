@@ -6,31 +6,50 @@ single-event requests h11 was 58% of the relay's profile. Ingest must never be w
 relay. The API is tiny (JSON in, JSON out), so the server is too: keep-alive, a bounded body,
 bounded waits, HTTP/1.1 framing from relay/http/http11.py, and a handler that maps
 (method, path, headers, body) to (status, JSON).
+
+No client can lock the others out: every wait has a deadline (an idle connection, a request
+head from its first byte, a body, an answer the client does not read), connections are capped
+below the open-files limit (relay/http/limits.py) and at the cap the idle ones are closed,
+oldest first, as nginx does with its idle keep-alive connections, so a newcomer is served;
+accept errors (EMFILE) back off and are logged once per interval, not once per connection.
 """
 
 from __future__ import annotations
 
 import errno
+import heapq
 import http
 import json
 import logging
 import math
 import os
+import re
 import socket as stdlib_socket
 from collections.abc import Awaitable, Callable
+from operator import attrgetter
 from pathlib import Path
 from typing import NamedTuple
 
 import trio
 
-from relay.http.http11 import Closed, HTTPStream, ProtocolError
+from relay.http.http11 import HEADER_NAME, Closed, HTTPStream, ProtocolError, shown
+from relay.http.limits import RESERVE, Throttled, connection_cap, raise_open_files_limit
 
 log = logging.getLogger(__name__)
 
 IDLE_TIMEOUT = 300.0  # a keep-alive connection may wait this long for its next request
-REQUEST_TIMEOUT = 30.0  # a request's body must arrive whole within this, or the connection ends
+HEAD_TIMEOUT = 10.0  # a request head must arrive whole within this of its first byte
+# A body must arrive whole within this of its head's end (a fixed bound, generous: 1 MB at
+# 35 KB/s), and an answer be taken by the client within this.
+REQUEST_TIMEOUT = 30.0
 SWEEP_INTERVAL = 1.0  # how often expired waits are looked for: timeouts end up to 2 of these late
+DRAIN_BATCH = 32  # at most, idle connections closed at once at the cap (nginx: 32 too)
+ACCEPT_BACKOFF = 0.1  # after an accept failed for lack of descriptors (trio waits as long)
+LOG_INTERVAL = 10.0  # at most one line per this about failed accepts, and about the cap
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# What accept fails with when the process or the system is out of descriptors or memory: a
+# condition that passes, not a reason to stop serving (trio's serve_listeners treats these so).
+_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
 
 class HTTPRequest(NamedTuple):
@@ -48,97 +67,207 @@ class HTTPRequest(NamedTuple):
 Handler = Callable[[HTTPRequest], Awaitable[tuple[int, dict | bytes]]]
 
 
-class _Waits:
-    """What a connection waits for, and until when: ``expires`` is a plain float on the
-    sweeper's coarse clock; past it, the sweeper cancels ``scope`` and the connection ends."""
+class _Connection:
+    """One client connection, as the sweeper and the cap see it: ``expires`` is a plain float on
+    the sweeper's coarse clock (past it, the sweeper cancels ``scope`` and the connection ends);
+    ``idle`` while it waits for a request head, since ``since``."""
 
-    __slots__ = ("scope", "expires")
+    __slots__ = ("io", "scope", "expires", "idle", "since")
 
-    def __init__(self, scope: trio.CancelScope, expires: float):
-        self.scope = scope
-        self.expires = expires
+    def __init__(self, stream: trio.abc.Stream, now: float):
+        self.io = HTTPStream(stream)
+        self.scope = trio.CancelScope()
+        self.expires = math.inf
+        self.idle = True
+        self.since = now
+
+
+_since = attrgetter("since")
 
 
 class HTTPServer:
-    def __init__(self, handler: Handler, *, max_body: int):
+    """Serves ``handler`` on listeners. ``max_connections`` (default: the open-files limit, raised
+    to the hard limit when serving starts, less ``reserve`` descriptors the process needs for
+    everything else) bounds the connections held at once."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        max_body: int,
+        reserve: int = RESERVE,
+        max_connections: int | None = None,
+    ):
         self.handler = handler
         self.max_body = max_body
-        self._waits: set[_Waits] = set()
+        self.reserve = reserve
+        self.open_files = 0  # the soft limit, once serving
+        self._max_connections = max_connections
+        self._connections: dict[_Connection, None] = {}  # in the order they were accepted
+        self._freed: trio.Event | None = None  # set when a connection ends
         self._now = 0.0  # trio.current_time() at the last sweep
+        self._accept_errors = Throttled(LOG_INTERVAL, log)
+        self._drained = Throttled(LOG_INTERVAL, log)
+
+    @property
+    def max_connections(self) -> int:
+        if self._max_connections is not None:
+            return self._max_connections
+        return connection_cap(self.open_files, self.reserve)
 
     async def serve(self, listeners, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        self.open_files = raise_open_files_limit()
         self._now = trio.current_time()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._sweep)
-            await trio.serve_listeners(self._serve_connection, listeners, task_status=task_status)
+            for listener in listeners:
+                nursery.start_soon(self._accept, listener, nursery)
+            task_status.started(listeners)
+
+    async def _accept(self, listener: trio.abc.Listener, nursery: trio.Nursery) -> None:
+        """trio.serve_listeners, with the cap, and without a traceback logged per failed accept
+        (under EMFILE that was hundreds a minute)."""
+        while True:
+            while len(self._connections) >= self.max_connections:
+                await self._make_room()
+            try:
+                stream = await listener.accept()
+            except OSError as e:
+                if e.errno not in _CAPACITY_ERRNOS:
+                    raise
+                self._accept_errors.note(
+                    trio.current_time(),
+                    f"cannot accept connections: {e.strerror} ({errno.errorcode[e.errno]});"
+                    f" {len(self._connections)} open, open files limit {self.open_files};"
+                    f" retrying every {ACCEPT_BACKOFF:g} s",
+                )
+                self._drain()  # if the descriptors went to idle clients, this frees some
+                await trio.sleep(ACCEPT_BACKOFF)
+                continue
+            connection = _Connection(stream, self._now)
+            self._connections[connection] = None
+            nursery.start_soon(self._serve_connection, connection)
+
+    async def _make_room(self) -> None:
+        """At the cap: close idle connections, oldest first, and wait until one has ended. With
+        none idle (every connection is mid-request, each under a deadline), accepting waits and
+        newcomers wait in the listen backlog."""
+        if self._freed is None or self._freed.is_set():
+            self._freed = trio.Event()
+        freed = self._freed
+        if closed := self._drain():
+            self._drained.note(
+                trio.current_time(),
+                f"at the connection limit ({self.max_connections}): closed {closed} idle"
+                " connections, oldest first",
+            )
+        await freed.wait()
+
+    def _drain(self) -> int:
+        """Close some of the connections that have sent nothing of a request, longest idle
+        first (a sixteenth of the cap, at most DRAIN_BATCH); how many."""
+        idle = [
+            c for c in self._connections if c.idle and not c.io.buffer and not c.scope.cancel_called
+        ]
+        batch = max(1, min(DRAIN_BATCH, self.max_connections // 16))
+        oldest = heapq.nsmallest(batch, idle, key=_since)  # stable: accept order on ties
+        for connection in oldest:
+            connection.scope.cancel()
+        return len(oldest)
 
     async def _sweep(self) -> None:
-        """End the connections whose wait has run out (an idle client, a body that does not
-        come).
+        """End the connections whose wait has run out (an idle client, a head or a body that
+        does not come, an answer not taken), and give a head its deadline once bytes of it came.
 
         Why not a deadline on each connection's cancel scope: moving it twice per request (idle
         before the head, none while the handler runs) cost ~7 µs of a ~100 µs single-event
-        request; storing a float costs nothing measurable. Timeouts of 30 s and 300 s need no
-        better precision than this sweep's.
+        request; storing a float costs nothing measurable. Timeouts of 10 s and more need no
+        better precision than this sweep's. The head deadline costs the request path nothing:
+        a connection waiting for a head whose buffer holds bytes has begun one.
         """
         while True:
             self._now = now = trio.current_time()
-            for waits in self._waits:
-                if waits.expires < now:
-                    waits.scope.cancel()
+            head_expires = self._expires(HEAD_TIMEOUT)
+            for connection in self._connections:
+                if connection.expires < now:
+                    connection.scope.cancel()
+                elif connection.idle and connection.io.buffer and connection.expires > head_expires:
+                    connection.expires = head_expires
+            self._accept_errors.flush(now)
+            self._drained.flush(now)
             await trio.sleep(SWEEP_INTERVAL)
 
     def _expires(self, timeout: float) -> float:
         # The coarse clock lags by up to one interval: add one, so no wait ends early.
         return self._now + timeout + SWEEP_INTERVAL
 
-    async def _serve_connection(self, stream: trio.abc.Stream) -> None:
-        io = HTTPStream(stream)
-        waits = _Waits(trio.CancelScope(), 0.0)
-        self._waits.add(waits)
+    async def _serve_connection(self, connection: _Connection) -> None:
+        io = connection.io
         try:
-            # One cancel scope bounds every wait of the connection; the sweeper cancels it when
-            # the wait in progress has run out, and the connection closes.
-            with waits.scope:
-                while True:
-                    waits.expires = self._expires(IDLE_TIMEOUT)
-                    start, headers = await io.read_head()
-                    if not await self._serve_request(io, start, headers, waits):
-                        return
+            # One cancel scope bounds every wait of the connection, the answer to a bad request
+            # too; the sweeper cancels it when the wait in progress has run out (or the cap
+            # drains it), and the connection closes.
+            with connection.scope:
+                try:
+                    while True:
+                        connection.since = self._now
+                        connection.expires = self._expires(IDLE_TIMEOUT)
+                        connection.idle = True
+                        start, headers = await io.read_head()
+                        connection.idle = False
+                        if not await self._serve_request(io, start, headers, connection):
+                            return
+                except ProtocolError as e:
+                    connection.idle = False
+                    connection.expires = self._expires(REQUEST_TIMEOUT)
+                    answer = {"error": f"bad request: {e}"}
+                    await io.send_all(_response(e.status, answer, close=True))
         except Closed:
             pass  # between requests: the client is done
-        except ProtocolError as e:
-            try:
-                await io.send_all(_response(e.status, {"error": f"bad request: {e}"}, close=True))
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                pass
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass  # the client went away
         finally:
-            self._waits.discard(waits)
-            await io.aclose()
+            del self._connections[connection]
+            try:
+                await io.aclose()
+            finally:
+                if self._freed is not None:
+                    self._freed.set()
 
     async def _serve_request(
-        self, io: HTTPStream, start: bytes, headers: dict, waits: _Waits
+        self, io: HTTPStream, start: bytes, headers: dict, connection: _Connection
     ) -> bool:
         """Serve one request; whether the connection stays open for another."""
         parts = start.split(b" ")
-        if len(parts) != 3 or parts[2] not in (b"HTTP/1.1", b"HTTP/1.0"):
-            raise ProtocolError("malformed request line")
+        if (
+            len(parts) != 3
+            or parts[2] not in (b"HTTP/1.1", b"HTTP/1.0")
+            or (parts[0] not in _METHODS and not _TOKEN.match(parts[0]))
+            or not parts[1]
+        ):
+            raise ProtocolError(f"malformed request line (RFC 9112 3): {shown(start)}")
         method, target, version = parts
-        connection = headers.get(b"connection", b"").lower()
+        connection_header = headers.get(b"connection", b"").lower()
+        host = headers.get(b"host")
         if version == b"HTTP/1.1":
-            keep_alive = b"close" not in connection
+            keep_alive = b"close" not in connection_header
+            if host is None:
+                raise ProtocolError("no Host header (RFC 9112 3.2: HTTP/1.1 requests have one)")
         else:
-            keep_alive = b"keep-alive" in connection
+            keep_alive = b"keep-alive" in connection_header
+            if b"transfer-encoding" in headers:  # RFC 9112 6.1: faulty framing in HTTP/1.0
+                raise ProtocolError("Transfer-Encoding in an HTTP/1.0 request (RFC 9112 6.1)")
+        if host is not None and not _HOST.match(host):
+            raise ProtocolError(_host_problem(host))
         length = io.body_length(headers)
+        if length is None or len(io.buffer) < length:  # else it came with the head
+            connection.expires = self._expires(REQUEST_TIMEOUT)
         if length is not None and length > self.max_body:
+            connection.expires = self._expires(REQUEST_TIMEOUT)  # for the answer
             await io.send_all(_response(413, _too_large(self.max_body), close=True))
             return False
         if length != 0 and headers.get(b"expect", b"").lower() == b"100-continue":
             await io.send_all(CONTINUE)
-        if length is None or len(io.buffer) < length:  # else it came with the head
-            waits.expires = self._expires(REQUEST_TIMEOUT)
         if length is None:
             body, whole = await io.read_chunked(self.max_body)
             if not whole:
@@ -146,7 +275,7 @@ class HTTPServer:
                 return False
         else:
             body = await io.read_exactly(length)
-        waits.expires = math.inf  # the handler waits for the journal: never cut that short
+        connection.expires = math.inf  # the handler waits for the journal: never cut that short
         path, _, query = target.decode("latin-1").partition("?")
         request = HTTPRequest(  # positional: keywords cost 0.5 µs more
             method.decode("ascii", "replace"),
@@ -160,8 +289,25 @@ class HTTPServer:
         except Exception:  # noqa: BLE001 - the server keeps serving whatever a handler does
             log.exception("error handling %s %s", request.method, request.path)
             status, payload = 500, {"error": "internal error; see the relay's log"}
-        await io.send_all(_response(status, payload, close=not keep_alive))
+        connection.expires = self._expires(REQUEST_TIMEOUT)  # a client that reads no answers
+        answer = _response(status, payload, close=not keep_alive)
+        if method == b"HEAD":  # the head GET would get, no content (RFC 9110 9.3.2)
+            answer = answer[: answer.index(b"\r\n\r\n") + 4]
+        await io.send_all(answer)
         return keep_alive
+
+
+_METHODS = frozenset({b"GET", b"POST", b"HEAD", b"PUT", b"DELETE", b"PATCH", b"OPTIONS"})
+_TOKEN = re.compile(HEADER_NAME.pattern.encode())  # method = token (RFC 9112 3.1)
+# Host = uri-host [ ":" port ] (RFC 3986 3.2.2): an IP literal in brackets or a reg-name, which
+# has no space and no comma; "a, b" is what two Host headers look like once read.
+_HOST = re.compile(rb"(?:\[[0-9A-Za-z:.]+\]|[-._~!$&'()*+;=%0-9A-Za-z]*)(?::[0-9]*)?\Z")
+
+
+def _host_problem(host: bytes) -> str:
+    if b"," in host:
+        return "more than one Host header (RFC 9112 3.2)"
+    return f"bad Host header (RFC 9112 3.2): {shown(host)}"
 
 
 def _too_large(limit: int) -> dict:

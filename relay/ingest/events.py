@@ -48,6 +48,8 @@ def parse(body: bytes, config: Config) -> list[Incoming]:
     """Parse one event object or an array of them; every problem is reported, none accepted."""
     try:
         is_array, items = _split(body.decode("utf-8"))
+    except _NotJSON:
+        raise InvalidEvents(_not_json(body.decode("utf-8")), status=400) from None
     except (ValueError, RecursionError) as e:  # JSONDecodeError, bad UTF-8, huge numbers, depth
         raise InvalidEvents([("", f"body is not valid JSON: {e}")], status=400) from None
     if not is_array and not isinstance(items[0][0], dict):
@@ -131,7 +133,27 @@ def _problems(item: Any, at: str, config: Config) -> list[tuple[str, str]]:
     return problems
 
 
-_DECODER = json.JSONDecoder()
+class _NotJSON(ValueError):
+    """A value Python's json reads and JSON has not: NaN, Infinity, -Infinity (RFC 8259 6), or a
+    number that overflows a double to infinity (1e400). Taken in, they would go out to receivers
+    as text strict parsers refuse (json.dumps writes Infinity)."""
+
+
+def _refuse_constant(name: str):
+    raise _NotJSON(name)
+
+
+def _finite(text: str) -> float:
+    """parse_float: called for numbers with a fraction or an exponent only, so events without
+    such numbers pay nothing (an int cannot overflow: it stays an int)."""
+    value = float(text)
+    if value - value != 0.0:  # inf - inf is nan; float() of a JSON number is never nan
+        raise _NotJSON(text)
+    return value
+
+
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite)
+_MAX_SHOWN = 20  # problems named in an answer; the rest are counted
 _SPACE = re.compile(r"[ \t\n\r]*")
 _SPACE_CHARS = frozenset(" \t\n\r")
 
@@ -172,6 +194,42 @@ def _split(text: str) -> tuple[bool, list[tuple[Any, str]]]:
     if _SPACE.match(text, end).end() != len(text):
         raise json.JSONDecodeError("Extra data", text, end)
     return is_array, items
+
+
+def _not_json(text: str) -> list[tuple[str, str]]:
+    """Each value JSON cannot carry, by its place ("[0].payload.price"): the text is read once
+    more with the values kept, then walked (only for a body that is refused)."""
+
+    class Bad(str):
+        pass
+
+    def finite(number: str):
+        return Bad(number) if float(number) - float(number) != 0.0 else 0.0
+
+    try:
+        value = json.loads(text, parse_constant=Bad, parse_float=finite)
+    except (ValueError, RecursionError):
+        return [("", "body holds NaN, Infinity or a number out of range: not JSON (RFC 8259)")]
+    problems: list[tuple[str, str]] = []
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        at, item = stack.pop()
+        if isinstance(item, Bad):
+            problems.append((at, _bad_number(item)))
+        elif isinstance(item, dict):
+            stack.extend((f"{at}.{k}" if at else k, v) for k, v in reversed(item.items()))
+        elif isinstance(item, list):
+            stack.extend((f"{at}[{i}]", v) for i, v in reversed(list(enumerate(item))))
+    if len(problems) > _MAX_SHOWN:
+        more = len(problems) - _MAX_SHOWN
+        problems = problems[:_MAX_SHOWN] + [("", f"and {more} more such values")]
+    return problems
+
+
+def _bad_number(text: str) -> str:
+    if text in ("NaN", "Infinity", "-Infinity"):
+        return f"{text} is not JSON (RFC 8259)"
+    return f"{text} is out of range: it overflows a double to infinity (RFC 8259 6)"
 
 
 def _skip_space(text: str, at: int) -> int:
