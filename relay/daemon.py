@@ -32,7 +32,16 @@ from relay.plugins.loading import plugin_file_digests
 log = logging.getLogger(__name__)
 
 # [relay] settings that a reload cannot change in a running relay.
-RESTART_KEYS = ("listen", "socket", "state_dir", "plugins", "plugins_dir", "journal", "delivery")
+RESTART_KEYS = (
+    "listen",
+    "socket",
+    "state_dir",
+    "plugins",
+    "plugins_dir",
+    "journal",
+    "delivery",
+    "allow_networks",  # the transports hold it, and they are opened once
+)
 IN_USE = "is a relay already running with this file?"
 
 

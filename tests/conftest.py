@@ -94,6 +94,7 @@ def make_config(tmp_path: Path, webhooks: list[dict], **relay_settings) -> confi
         "listen": "127.0.0.1:0",
         "state_dir": str(tmp_path / "state"),
         "delivery": "inline",
+        "allow_networks": ["127.0.0.0/8"],  # the test receivers listen on loopback
         **relay_settings,
     }
     return config_module.parse(

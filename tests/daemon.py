@@ -31,6 +31,7 @@ listen = "127.0.0.1:0"
 socket = "relay.sock"
 state_dir = "state"
 grace = {grace}
+allow_networks = ["127.0.0.0/8"]
 """
         + (webhooks if webhooks is not None else webhook_toml("crm", url))
     )

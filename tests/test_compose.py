@@ -98,6 +98,7 @@ def start_composed(tmp_path, nursery):
                 "listen": "127.0.0.1:0",
                 "state_dir": str(tmp_path / "state"),
                 "delivery": "inline",  # as conftest's start_relay
+                "allow_networks": ["127.0.0.0/8"],  # the receivers listen on loopback
             },
             "webhooks": webhooks,
             "secrets": secrets or {},

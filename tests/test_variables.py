@@ -39,7 +39,11 @@ def start(tmp_path, nursery):
 
     async def start(webhooks: list[dict], plugins=(), secrets=None) -> RunningRelay:
         data = {
-            "relay": {"listen": "127.0.0.1:0", "state_dir": str(tmp_path / "state")},
+            "relay": {
+                "listen": "127.0.0.1:0",
+                "state_dir": str(tmp_path / "state"),
+                "allow_networks": ["127.0.0.0/8"],  # the receivers listen on loopback
+            },
             "webhooks": webhooks,
             "secrets": secrets or {},
         }

@@ -8,6 +8,7 @@ loading can place it (``relay.toml: webhooks[0].url: ...``).
 from __future__ import annotations
 
 import functools
+import ipaddress
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -97,6 +98,15 @@ def _listen(value):
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         return "must be HOST:PORT, e.g. 127.0.0.1:8765"
+
+
+@validator
+def _networks(value):
+    for network in value:
+        try:
+            ipaddress.ip_network(network)
+        except ValueError as e:
+            return f"{network!r} is not an IP network like 127.0.0.0/8 ({e})"
 
 
 def _one_of(*choices: str):
@@ -191,6 +201,9 @@ class RelaySettings:
     # Seconds a message stays bound to the webhook that wants its delivery reports (POST
     # /reports, or an event naming its webhook_id); 7 days by default.
     reports_ttl: float = field(default=7 * 86400.0, validator=_positive)
+    # Networks webhooks may reach besides the public internet (relay/http/netpolicy.py): every
+    # other non-global address (loopback, private, CGNAT, unique-local) is refused.
+    allow_networks: tuple[str, ...] = field(default=(), validator=_networks)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     watch: bool = False  # reload when the file changes
     # "process": SQLite in a writer process (default); "inline": on the relay's trio thread.

@@ -39,6 +39,7 @@ from relay.http.http11 import (
     shown,
 )
 from relay.http.messages import PermanentFailure, Request, Response
+from relay.http.netpolicy import NetworkPolicy, resolve_allowed
 
 USER_AGENT = "relay/0.1"
 HANDSHAKE_TIMEOUT = 10.0  # at most; within the caller's deadline, a little before it
@@ -149,11 +150,13 @@ class HTTPClient:
         self,
         *,
         ssl_context: ssl.SSLContext | None = None,
+        network_policy: NetworkPolicy | None = None,
         max_idle_per_origin: int = 64,
         idle_timeout: float = 30.0,
         max_response_body: int = 64 * 1024,
     ):
         self._ssl_context = ssl_context
+        self.network_policy = network_policy  # None: connect anywhere (tests, tools)
         self._idle: dict[tuple[str, str, int], deque[Connection]] = defaultdict(deque)
         self._targets: dict[tuple[str, str], Target] = {}
         self.max_idle_per_origin = max_idle_per_origin
@@ -210,7 +213,10 @@ class HTTPClient:
 
     async def _connect(self, origin) -> Connection:
         scheme, host, port = origin
-        stream = await trio.open_tcp_stream(host, port)
+        if self.network_policy is None:
+            stream = await trio.open_tcp_stream(host, port)
+        else:  # connect to the address that was checked: no second lookup
+            stream = await _open_first(await resolve_allowed(self.network_policy, host, port), port)
         if scheme == "https":
             stream = trio.SSLStream(
                 stream, self.ssl_context, server_hostname=host, https_compatible=True
@@ -235,6 +241,16 @@ class HTTPClient:
             while idle:
                 await idle.pop().io.aclose()
         self._idle.clear()
+
+
+async def _open_first(addresses: list[str], port: int) -> trio.SocketStream:
+    """A connection to the first of ``addresses`` that accepts one, tried in order."""
+    for address in addresses[:-1]:
+        try:
+            return await trio.open_tcp_stream(address, port)
+        except OSError:
+            continue
+    return await trio.open_tcp_stream(addresses[-1], port)
 
 
 class TLSError(ConnectionError):

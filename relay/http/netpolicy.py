@@ -19,7 +19,12 @@ is loopback.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Iterable
+
+import trio
+
+from relay.http.messages import PermanentFailure
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -32,8 +37,9 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _COMPATIBLE = ipaddress.ip_network("::/96")
 
 
-class RefusedAddress(Exception):
-    """The address is not one relay may connect to; the message says why."""
+class RefusedAddress(PermanentFailure):
+    """The address is not one relay may connect to; the message says why. Permanent: no
+    retry can change where a URL leads (short of a DNS change, which a replay picks up)."""
 
 
 def embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
@@ -94,3 +100,25 @@ def _kind(address: IPAddress) -> str:
     if address.is_private:
         return "private"
     return "non-global"
+
+
+async def resolve_allowed(policy: NetworkPolicy, host: str, port: int) -> list[str]:
+    """The addresses ``host`` resolves to that ``policy`` allows, in the resolver's order;
+    raise RefusedAddress naming the host when it allows none (no connection is made)."""
+    try:
+        infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise OSError(f"cannot resolve {host}: {e.strerror}") from None
+    allowed, refused = [], []
+    for *_, sockaddr in infos:
+        address = sockaddr[0]
+        try:
+            policy.check(address)
+        except RefusedAddress as e:
+            refused.append(str(e))
+        else:
+            if address not in allowed:
+                allowed.append(address)
+    if not allowed:
+        raise RefusedAddress(f"refused to connect to {host}: {'; '.join(dict.fromkeys(refused))}")
+    return allowed

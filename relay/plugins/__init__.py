@@ -3,7 +3,8 @@
 Everything a plugin may rely on is exported here: ``hookimpl`` (the marker for hook
 implementations, documented in ``hookspecs`` and docs/hooks.md), ``validator`` and
 ``FieldError`` (checks for a plugin's option table, reported with their place in relay.toml),
-``HTTPClient`` (relay's keep-alive HTTP/1.1 client, for transports), and ``PermanentFailure``.
+``HTTPClient`` (relay's keep-alive HTTP/1.1 client, for transports) and ``NetworkPolicy``
+(which addresses it may connect to: ``[relay] allow_networks``), and ``PermanentFailure``.
 The values a hook gets and returns are in relay.model.
 
 For relay itself: ``make_plugin_manager``, ``load_with_plugins``, ``Components`` (the named
@@ -14,6 +15,7 @@ ordinary plugins in ``builtin/``.
 
 from relay.config import FieldError, validator
 from relay.http.client import HTTPClient
+from relay.http.netpolicy import NetworkPolicy
 from relay.model import PermanentFailure
 from relay.plugins.hookspecs import hookimpl
 from relay.plugins.loading import (
@@ -28,6 +30,7 @@ __all__ = [
     "Components",
     "FieldError",
     "HTTPClient",
+    "NetworkPolicy",
     "PermanentFailure",
     "PluginError",
     "close_transports",

@@ -64,6 +64,7 @@ listen = "127.0.0.1:0"
 socket = "{home}/relay.sock"
 state_dir = "{home}/state"
 log_level = "info"
+allow_networks = ["127.0.0.0/8"]  # the bench's receivers listen on loopback
 {settings}
 [defaults]
 timeout = 10.0

@@ -1,11 +1,11 @@
 """The built-in ``"http"`` transport: keep-alive HTTP/1.1 (see relay/http/client.py)."""
 
-from relay.plugins import HTTPClient, hookimpl
+from relay.plugins import HTTPClient, NetworkPolicy, hookimpl
 
 
 class HTTPTransport:
     def __init__(self, config):
-        self.client = HTTPClient()
+        self.client = HTTPClient(network_policy=NetworkPolicy(config.relay.allow_networks))
 
     async def send(self, webhook, request):
         return await self.client.send(request)
