@@ -3,7 +3,9 @@
 Everything a plugin may rely on is exported here: ``hookimpl`` (the marker for hook
 implementations, documented in ``hookspecs`` and docs/hooks.md), ``validator`` and
 ``FieldError`` (checks for a plugin's option table, reported with their place in relay.toml),
-``HTTPClient`` (relay's keep-alive HTTP/1.1 client, for transports), and ``PermanentFailure``.
+``HTTPClient`` (relay's keep-alive HTTP/1.1 client, for transports), ``request_target`` (the
+path and query that client sends for a URL), ``signed_content`` (what a body signer signs: the
+body, or the method and request target of a request without one), and ``PermanentFailure``.
 The values a hook gets and returns are in relay.model.
 
 For relay itself: ``make_plugin_manager``, ``load_with_plugins``, ``Components`` (the named
@@ -13,7 +15,7 @@ ordinary plugins in ``builtin/``.
 """
 
 from relay.config import FieldError, validator
-from relay.http.client import HTTPClient
+from relay.http.client import HTTPClient, request_target
 from relay.model import PermanentFailure
 from relay.plugins.hookspecs import hookimpl
 from relay.plugins.loading import (
@@ -23,6 +25,7 @@ from relay.plugins.loading import (
     load_with_plugins,
     make_plugin_manager,
 )
+from relay.plugins.signing import signed_content
 
 __all__ = [
     "Components",
@@ -34,5 +37,7 @@ __all__ = [
     "hookimpl",
     "load_with_plugins",
     "make_plugin_manager",
+    "request_target",
+    "signed_content",
     "validator",
 ]
