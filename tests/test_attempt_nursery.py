@@ -5,6 +5,8 @@ tests/test_schedule.py): the times at which sub-tasks are cancelled are exact.
 """
 
 import sqlite3
+import subprocess
+import sys
 
 import trio
 
@@ -182,3 +184,53 @@ async def test_hooks_that_do_not_name_attempt_still_work(nursery, tmp_path, auto
     await trio.sleep(10)
     assert seen == ["POST", 204]
     assert attempts(relay) == [(1, 204, None)]
+
+
+RENDER_PLUGIN = """
+import trio
+from relay.plugins import hookimpl
+
+
+@hookimpl
+def prepare_request(webhook, request, attempt):
+    async def forever():
+        await trio.sleep_forever()
+
+    async def fails():
+        await trio.sleep(0.01)
+        raise RuntimeError("refresh failed")
+
+    if webhook.id == "ok":
+        attempt.nursery.start_soon(forever)
+        return request.with_headers(("X-Started", "forever"))
+    attempt.nursery.start_soon(fails)
+    return trio.sleep(1)
+"""
+
+
+def test_render_gives_hooks_a_nursery_too(tmp_path):
+    """``relay webhooks render`` builds a request as an attempt does, without sending it: a
+    hook naming ``attempt`` gets a nursery there too, whose tasks end with the building (the
+    command would hang on the first, and the second's error is an attempt's error)."""
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "starts_tasks.py").write_text(RENDER_PLUGIN)
+    (tmp_path / "relay.toml").write_text(
+        '[[webhooks]]\nid = "ok"\nurl = "http://127.0.0.1:9/"\n'
+        '[[webhooks]]\nid = "broken"\nurl = "http://127.0.0.1:9/"\n'
+    )
+
+    def render(webhook_id):
+        return subprocess.run(
+            [sys.executable, "-m", "relay", "webhooks", "render", webhook_id, "-c", "relay.toml"],
+            capture_output=True,
+            cwd=tmp_path,
+            timeout=60,
+        )
+
+    done = render("ok")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count(b"X-Started: forever") == 3  # the reference's three examples
+    done = render("broken")
+    assert done.returncode == 1, done.stderr
+    failure = b"a task the attempt started failed: RuntimeError: refresh failed"
+    assert done.stdout.count(b"# an attempt would fail: " + failure) == 3

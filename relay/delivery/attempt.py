@@ -130,7 +130,7 @@ class Attempts:
         ``deadline``, set here to the webhook's timeout as the send starts."""
         attempt = Attempt(nursery) if nursery is not None else None
         try:
-            run.request = await self.build_request(webhook, delivery, attempt)
+            run.request = await self._build(webhook, delivery, attempt)
         except PermanentFailure as e:
             run.outcome = Outcome(duration=run.elapsed(), error=str(e), permanent=True)
             return
@@ -172,7 +172,30 @@ class Attempts:
     async def build_request(
         self, webhook: Webhook, delivery: Delivery, attempt: Attempt | None = None
     ) -> Request:
-        """Render, let plugins prepare, then sign: the signature covers the final request."""
+        """Render, let plugins prepare, then sign: the signature covers the final request.
+
+        Called without ``attempt`` (``relay webhooks render`` builds requests it never sends),
+        it gives the hooks that name one a nursery of its own, for as long as building lasts,
+        so that they run as they would in an attempt."""
+        if attempt is not None or not self._preparers_take_attempt:
+            return await self._build(webhook, delivery, attempt)
+        request = failure = None
+        try:
+            async with trio.open_nursery() as nursery:
+                try:
+                    request = await self._build(webhook, delivery, Attempt(nursery))
+                except (PermanentFailure, PluginFailed) as e:
+                    failure = e
+                finally:
+                    if nursery.child_tasks:
+                        nursery.cancel_scope.cancel()
+        except Exception as e:  # noqa: BLE001 - a task a hook started there failed
+            raise PluginFailed("a task the attempt started failed", _first_error(e)) from e
+        if failure is not None:
+            raise failure
+        return request
+
+    async def _build(self, webhook: Webhook, delivery: Delivery, attempt: Attempt | None):
         request = None
         for plugin, render in self._renderers:  # the first answer wins (firstresult)
             try:
@@ -257,11 +280,15 @@ def _names_attempt(send) -> bool:
     )
 
 
-def _describe_group(error: BaseException) -> str:
-    """The first real error inside (nested) exception groups, as a send error is described."""
+def _first_error(error: BaseException) -> BaseException:
+    """The first real error inside (nested) exception groups."""
     while isinstance(error, BaseExceptionGroup) and error.exceptions:
         error = error.exceptions[0]
-    return _describe_send_error(error)
+    return error
+
+
+def _describe_group(error: BaseException) -> str:
+    return _describe_send_error(_first_error(error))
 
 
 def _describe_send_error(error: BaseException) -> str:
