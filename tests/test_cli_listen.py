@@ -139,7 +139,7 @@ async def test_a_wrong_or_missing_signature_is_flagged(listen):
 async def test_a_request_without_a_body_is_verified_over_its_request_target(listen):
     listener = await listen("--secret", SECRET)
     target = b"/ack?id=a418&mobile=%2B4915&status=read"
-    for signed in (target, b"/ack?id=a418", b""):
+    for signed in (b"GET " + target, target, b""):
         status = await raw(
             listener.url,
             b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nSignature: " + sign(signed).encode()
@@ -147,7 +147,9 @@ async def test_a_request_without_a_body_is_verified_over_its_request_target(list
         )  # fmt: skip
         assert status == b"HTTP/1.1 200 OK"
     await listener.wait_for(r"^#3 ")
-    what = "HMAC-SHA256 of the request target /ack?id=a418&mobile=%2B4915&status=read"
+    what = (
+        "HMAC-SHA256 of the method and request target GET /ack?id=a418&mobile=%2B4915&status=read"
+    )
     assert listener.request(1)[0].endswith(" GET /ack?id=a418&mobile=%2B4915&status=read")
     assert "  (no body)" in listener.request(1)
     assert f"  -> Signature ok ({what}, with --secret)" in listener.request(1)

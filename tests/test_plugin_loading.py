@@ -122,7 +122,7 @@ MISSPELT = textwrap.dedent(
     """
 )
 NO_SUCH_ARGUMENT = (
-    "hook prepare_request has no argument 'webhok' (it takes webhook, delivery, request)"
+    "hook prepare_request has no argument 'webhok' (it takes webhook, delivery, request, attempt)"
 )
 
 

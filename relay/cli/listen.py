@@ -89,8 +89,8 @@ def check_signature(secret: str, request: HTTPRequest, signature: str) -> tuple[
     if request.body:
         message, what = request.body, "the body"
     else:
-        target = _target(request)
-        message, what = target.encode("latin-1"), f"the request target {target}"
+        line = f"{request.method} {_target(request)}"  # as relay.plugins.signed_content
+        message, what = line.encode("latin-1"), f"the method and request target {line}"
     expected = hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
     # A repeated header arrives joined with ", ": any one of them may be the right one.
     ok = any(hmac.compare_digest(expected, s.strip().lower()) for s in signature.split(","))

@@ -55,6 +55,17 @@ _TOKEN = HEADER_NAME.pattern.removesuffix(r"\Z")
 HEADER_NAMES = re.compile(rf"(?:{_TOKEN}(?::{_TOKEN})*)?\Z")  # names joined with ":"
 
 
+def request_target(url: str) -> str:
+    """The request target this client puts on the request line for ``url``: its path and
+    query, "/" when the path is empty, never the fragment. Signers that sign a bodiless
+    request sign this, so what they sign and what is sent cannot disagree."""
+    return _target_of(urlsplit(url))
+
+
+def _target_of(parts) -> str:
+    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+
 class Target:
     """What a URL means to the client, worked out once per URL."""
 
@@ -70,7 +81,7 @@ class Target:
         host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
         if port != default_port:
             host = f"{host}:{port}"
-        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        path = _target_of(parts)
         if not REQUEST_TARGET.match(path):
             raise PermanentFailure("the URL has characters that cannot be sent unencoded")
         self.head_start = (

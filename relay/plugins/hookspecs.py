@@ -24,8 +24,10 @@ def register_signers(register):
 
     ``sign(webhook, delivery, request) -> Request`` runs once per attempt, after
     ``prepare_request``, and returns the request with its signature headers added. It must sign
-    ``request.body``, the exact bytes that will be sent. Built in: ``"signature"`` (the seed's
-    ``Signature`` header, the default) and ``"none"``.
+    what the request carries: ``relay.plugins.signed_content(request)`` is the exact body bytes,
+    or, for a request without a body (a composed GET or DELETE), its method and request target
+    as sent (``GET /path?query``). Built in: ``"signature"`` (the seed's ``Signature`` header,
+    the default) and ``"none"``.
     """
 
 
@@ -37,6 +39,10 @@ def register_transports(register):
     connections and has two async methods: ``send(webhook, request) -> Response``, which raises
     on a connection error (relay bounds it with the webhook's ``timeout`` and cancels it past that),
     and ``aclose()``. Built in: ``"http"``, keep-alive HTTP/1.1 (relay/http/client.py).
+
+    ``send`` may also name an ``attempt`` argument (``send(webhook, request, attempt)``), as a
+    hook implementation names the arguments it wants; relay passes it only then. Tasks started in
+    ``attempt.nursery`` (racing connections, say) are cancelled when the attempt ends.
     """
 
 
@@ -87,12 +93,21 @@ def render_request(webhook, delivery):
 
 
 @hookspec
-def prepare_request(webhook, delivery, request):
+def prepare_request(webhook, delivery, request, attempt):
     """Adjust a rendered request before it is signed: add auth headers, for example.
 
     Return a new ``Request`` (or an awaitable of one), or None to leave it as it is. Each
     implementation receives the previous one's result. An exception fails the attempt; the
     attempt is recorded with the plugin's name and retried per the retry policy.
+
+    ``attempt`` (name it only if you need it: relay, like pluggy, passes only the arguments an
+    implementation names) is the attempt under way. ``attempt.nursery`` is a trio nursery that
+    lives exactly as long as the attempt: a task started there (``attempt.nursery.start_soon``)
+    is cancelled when the attempt ends, delivered, failed or timed out, so that nothing a
+    delivery starts outlives it. Its cancel scope is the attempt's deadline, ``attempt.deadline``
+    (trio time): ``inf`` while the request is prepared, then the webhook's ``timeout`` from the
+    moment the transport's send starts. A task that raises fails the attempt, unless its outcome
+    was already known.
     """
 
 
