@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 import signal
+import time
 
 import pluggy
 import trio
 
 from relay import config as config_module
+from relay.admin import AdminApi
 from relay.clock import Clock
 from relay.config import Config, ConfigError
 from relay.delivery.dispatch import Dispatcher
@@ -20,14 +22,26 @@ from relay.delivery.remote import EXIT_MARGIN, RemoteDispatcher
 from relay.http.server import HTTPServer, open_tcp_listeners, open_unix_listener
 from relay.ingest.api import Api
 from relay.ingest.events import Router
+from relay.ingest.stats import IngestStats
 from relay.journal import Journal
 from relay.journal.retention import Pruner
 from relay.plugins import Components, close_transports
 
 log = logging.getLogger(__name__)
 
+ADMIN_MAX_BODY = 64 * 1024  # no admin request needs a body yet
+
 # [relay] settings that a reload cannot change in a running relay.
-RESTART_KEYS = ("listen", "socket", "state_dir", "plugins", "plugins_dir", "journal", "delivery")
+RESTART_KEYS = (
+    "listen",
+    "socket",
+    "admin",
+    "state_dir",
+    "plugins",
+    "plugins_dir",
+    "journal",
+    "delivery",
+)
 
 
 class Relay:
@@ -48,6 +62,11 @@ class Relay:
         self._recover_scope = trio.CancelScope()
         self._prune_scope = trio.CancelScope()
         self._reloading = trio.Lock()
+        self.ingest_stats = IngestStats()
+        self.config_loaded_at = time.time()
+        self.pending_at_start: dict[str, int] = {}
+        self.admin_address: str | None = None  # where the admin listener listens, once it does
+        self._admin_scope = trio.CancelScope()
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Serve until ``stop()``; ``task_status.started`` gets the addresses listened on."""
@@ -59,7 +78,8 @@ class Relay:
             self.pruner = Pruner(journal, self.clock, relay.retention)
             # Read before taking events: newer rows are this run's own.
             previous_run = await journal.last_rowid()
-            run_start = self.clock.now()  # before the scheduler's first claim: see _recover
+            self.pending_at_start = await journal.pending_counts()  # admin/status.py says why
+            self.started_at = run_start = self.clock.now()  # before the first claim: _recover
             try:
                 async with trio.open_nursery() as nursery:
                     if relay.delivery == "process":
@@ -81,6 +101,8 @@ class Relay:
                     if self.stopping:  # a signal came while it started
                         self._stop_dispatch()
                     nursery.start_soon(self._prune)
+                    if relay.admin:
+                        await nursery.start(self._run_admin)
                     addresses = await nursery.start(self._run_ingest)
                     task_status.started(addresses)
             finally:
@@ -147,6 +169,7 @@ class Relay:
             key for key in RESTART_KEYS if getattr(new.relay, key) != getattr(old.relay, key)
         ]
         self.config = new
+        self.config_loaded_at = self.clock.now()
         self.router = Router(new.webhooks)
         if self._server is not None:
             self._server.max_body = new.relay.max_body
@@ -199,6 +222,7 @@ class Relay:
     async def _run_remote(self, previous_run: int, run_start: float, *, task_status) -> None:
         with self._dispatch_scope:
             await self.dispatcher.run(previous_run, run_start, task_status=task_status)
+        self._admin_scope.cancel()  # drained: operators could watch the drain until now
         if self._dispatch_scope.cancelled_caught:  # stopping, and grace + EXIT_MARGIN passed
             log.warning(
                 "the delivery process did not stop within the grace period and was killed;"
@@ -211,6 +235,22 @@ class Relay:
         with trio.CancelScope() as scope:
             task_status.started(scope)
             await self.dispatcher.run()
+        self._admin_scope.cancel()  # drained: operators could watch the drain until now
+
+    async def _run_admin(self, *, task_status) -> None:
+        """The admin listener (relay/admin/): for operators, apart from the gateway's."""
+        started = False
+        with self._admin_scope:
+            listeners = await open_tcp_listeners(self.config.relay.admin)
+            self.admin_address = _address(listeners[0])
+            log.info("admin listener on %s", self.admin_address)
+            server = HTTPServer(AdminApi(self), max_body=ADMIN_MAX_BODY)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(server.serve, listeners)
+                task_status.started()
+                started = True
+        if not started:  # the delivery drained while it started
+            task_status.started()
 
     async def _run_ingest(self, *, task_status) -> None:
         relay = self.config.relay
@@ -225,7 +265,9 @@ class Relay:
                 addresses = [_address(listener) for listener in listeners]
                 for address in addresses:
                     log.info("taking events on %s", address)
-                server = self._server = HTTPServer(Api(self), max_body=relay.max_body)
+                server = self._server = HTTPServer(
+                    Api(self), max_body=relay.max_body, on_too_large=self.ingest_stats.too_large
+                )
                 async with trio.open_nursery() as nursery:
                     if listeners:
                         await nursery.start(server.serve, listeners)

@@ -33,7 +33,19 @@ MAY_IMPORT = {
         "relay.model",
         "relay.plugins",
     },
+    # The admin listener: what the daemon wires up, read for operators (and the version).
+    "relay.admin": {
+        "relay.__version__",
+        "relay.clock",
+        "relay.config",
+        "relay.delivery",
+        "relay.http",
+        "relay.ingest",
+        "relay.journal",
+        "relay.plugins",
+    },
     "relay.daemon": {
+        "relay.admin",
         "relay.clock",
         "relay.config",
         "relay.delivery",

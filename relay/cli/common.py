@@ -36,7 +36,23 @@ def add_config_option(parser: argparse.ArgumentParser) -> None:
 
 
 def admin_request(config, method: str, path: str) -> httpx.Response:
-    """Reach the daemon on its Unix socket when it has one, else on its TCP port."""
+    """Ask the daemon's admin listener (``[relay] admin``), with its token when it has one."""
+    relay = config.relay
+    if relay.admin is None:
+        raise CommandError(f"{config.path.name}: [relay] admin is not set")
+    host, _, port = relay.admin.rpartition(":")
+    # Listening on every address: ask on loopback.
+    host = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]"}.get(host, host)
+    headers = {}
+    if relay.admin_token is not None:
+        headers["Authorization"] = f"Bearer {relay.admin_token}"
+    with httpx.Client(base_url=f"http://{host}:{port}", headers=headers, timeout=30) as client:
+        return client.request(method, path)
+
+
+def ingest_request(config, method: str, path: str) -> httpx.Response:
+    """Reach the daemon's ingest API on its Unix socket when it has one, else on its TCP port
+    (``relay reload`` when there is no admin listener)."""
     relay = config.relay
     if relay.socket is not None:
         transport = httpx.HTTPTransport(uds=str(relay.socket))

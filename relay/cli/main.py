@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from relay.cli import checking, deliveries, running, webhooks
+from relay.cli import checking, deliveries, running, status, webhooks
 from relay.cli.common import CommandError, add_config_option
 
 COMMANDS = {
     "run": (running.cmd_run, add_config_option),
     "check": (checking.cmd_check, add_config_option),
     "reload": (running.cmd_reload, add_config_option),
+    "status": (status.cmd_status, status.add_arguments),
     "deliveries": (deliveries.cmd_deliveries, deliveries.add_arguments),
     "plugins": (checking.cmd_plugins, add_config_option),
     "webhooks": (webhooks.cmd_webhooks, webhooks.add_arguments),
