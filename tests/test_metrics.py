@@ -8,6 +8,9 @@ import sqlite3
 
 import httpx
 import trio
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
 
 from relay.delivery.stats import DURATION_BUCKETS
 from relay.journal import FILENAME
@@ -196,3 +199,18 @@ async def post(address: str, body, content_type="application/json") -> httpx.Res
         return await client.post(
             f"http://{address}/events", content=content, headers={"content-type": content_type}
         )
+
+
+async def test_openmetrics_when_the_scraper_asks_for_it(start_relay, receiver):
+    """Prometheus asks for OpenMetrics first (Accept); the plain text format is the default."""
+    running = await start_relay([{"id": "crm", "url": receiver.url}], admin="127.0.0.1:0")
+    accept = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+    async with httpx.AsyncClient(timeout=10) as client:
+        response = await client.get(
+            admin_url(running.relay) + "/metrics", headers={"Accept": accept}
+        )
+    assert response.headers["content-type"].startswith("application/openmetrics-text")
+    families = {f.name: f for f in openmetrics_families(response.text)}
+    assert families["relay_events_accepted"].type == "counter"
+    assert families["relay_attempt_duration_seconds"].type == "histogram"
+    assert response.text.endswith("# EOF\n")

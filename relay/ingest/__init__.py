@@ -1,4 +1,5 @@
-"""Where events come in: the ingest API (``api``, the same on TCP and the Unix socket) and the
-parsing and routing of events (``events``). An event is acknowledged only once the journal has
-it. Exports nothing itself: import the module you need.
+"""Where events come in: the ingest API (``api``, the same on TCP and the Unix socket), the
+parsing and routing of events (``events``), and what ingest took and refused (``stats``, for
+/metrics). An event is acknowledged only once the journal has it.
+Exports nothing itself: import the module you need.
 """
