@@ -50,7 +50,7 @@ class Api:
         self.relay = relay
         self.stats = relay.ingest_stats
 
-    async def __call__(self, request: HTTPRequest) -> tuple[int, dict | bytes]:
+    async def __call__(self, request: HTTPRequest) -> tuple[int, dict | bytes | Reply]:
         if request.path == "/events":
             if request.method != "POST":
                 return 405, {"error": "use POST /events"}
@@ -115,13 +115,11 @@ class Api:
         admin token is set, as this listener would be a way around it."""
         relay = self.relay
         if relay.config.relay.admin_token is not None:
-            status, answer = (
-                403,
-                {
-                    "error": "POST /reload moved to the admin listener: POST /api/reload"
-                    " ([relay] admin_token is set, so it is not taken here)"
-                },
-            )
+            status = 403
+            answer = {
+                "error": "POST /reload moved to the admin listener: POST /api/reload"
+                " ([relay] admin_token is set, so it is not taken here)"
+            }
         else:
             log.warning("POST /reload on the ingest listener is deprecated: use the admin listener")
             ok, answer = await relay.try_reload()
