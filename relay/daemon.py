@@ -23,7 +23,7 @@ from relay.http.server import HTTPServer, open_tcp_listeners, open_unix_listener
 from relay.ingest.api import Api
 from relay.ingest.events import Router
 from relay.ingest.stats import IngestStats
-from relay.journal import Journal
+from relay.journal import Journal, count_pending
 from relay.journal.retention import Pruner
 from relay.plugins import Components, close_transports
 
@@ -65,6 +65,7 @@ class Relay:
         self.ingest_stats = IngestStats()
         self.config_loaded_at = time.time()
         self.pending_at_start: dict[str, int] = {}
+        self.pending_counted = trio.Event()  # pending_at_start is the journal's count
         self.admin_address: str | None = None  # where the admin listener listens, once it does
         self._admin_scope = trio.CancelScope()
 
@@ -78,10 +79,11 @@ class Relay:
             self.pruner = Pruner(journal, self.clock, relay.retention)
             # Read before taking events: newer rows are this run's own.
             previous_run = await journal.last_rowid()
-            self.pending_at_start = await journal.pending_counts()  # admin/status.py says why
             self.started_at = run_start = self.clock.now()  # before the first claim: _recover
             try:
                 async with trio.open_nursery() as nursery:
+                    if relay.admin:  # for it alone; relay/admin/status.py says why once
+                        await nursery.start(self._count_pending)
                     if relay.delivery == "process":
                         self.dispatcher = RemoteDispatcher(self.config, journal, self.clock)
                         self._dispatch_scope = trio.CancelScope()
@@ -107,6 +109,13 @@ class Relay:
                     task_status.started(addresses)
             finally:
                 await close_transports(self.transports)
+
+    async def _count_pending(self, *, task_status) -> None:
+        """As the journal is now, before this run writes (started() once that is fixed), and
+        read beside it while the relay starts."""
+        state_dir = self.config.relay.state_dir
+        self.pending_at_start = await count_pending(state_dir, task_status=task_status)
+        self.pending_counted.set()
 
     async def _recover(self, previous_run: int, run_start: float) -> None:
         # Stopping cancels it: the next run recovers what this one did not reach.

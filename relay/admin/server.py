@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import trio
+
 from relay.admin.auth import authorized, refusal
 from relay.admin.metrics import Metrics
 from relay.admin.routes import Router
@@ -35,6 +37,7 @@ class Administered(Protocol):
     dispatcher: Delivering
     ingest_stats: IngestStats
     pending_at_start: dict[str, int]  # the journal's pending counts when the relay started
+    pending_counted: trio.Event  # set once pending_at_start holds them
     started_at: float
     config_loaded_at: float
     stopping: bool

@@ -1,8 +1,9 @@
 """What the admin listener says about each webhook, for /api/status and /metrics alike.
 
 Pending counts are kept, not counted: the journal's count at start (a walk of its pending index,
-~50 ms per million pending), plus what ingest journaled since, minus what delivery finished
-since. Counting at each scrape instead would hold the journal's one writer, and so every
+~50 ms per million pending in memory, a second or so from a cold disk; the relay starts meanwhile,
+and an early scrape waits for it), plus what ingest journaled since, minus what delivery
+finished since. Counting at each scrape instead would hold the journal's one writer, and so every
 ingest acknowledgement, for that walk every time: 50 ms a scrape with a million pending. The
 oldest pending delivery is asked of the journal at each scrape: one indexed MIN per webhook,
 O(log n). Delivery's counts reach the relay with the delivery process's report, every 0.5 s:
@@ -44,6 +45,7 @@ class WebhookState:
 
 async def webhook_states(relay) -> list[WebhookState]:
     """One per configured webhook, in the file's order (one journal read for them all)."""
+    await relay.pending_counted.wait()  # a scrape just after the start waits for the count
     webhooks = relay.config.webhooks
     oldest = await relay.journal.oldest_pending([w.id for w in webhooks])
     now = relay.clock.now()

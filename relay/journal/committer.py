@@ -195,11 +195,7 @@ class Journal:
         """When the earliest sleeping delivery to any of ``webhook_ids`` is due (inf: none)."""
         return await self._call("next_due", list(webhook_ids))
 
-    # -- for the admin listener (relay/admin/status.py) --------------------------------------
-
-    async def pending_counts(self) -> dict[str, int]:
-        """Pending deliveries per webhook id: a walk of the pending index, so once, at start."""
-        return await self._call("pending_counts")
+    # -- for the admin listener (relay/admin/status.py; its counts: views.count_pending) ----
 
     async def oldest_pending(self, webhook_ids: Iterable[str]) -> dict[str, float]:
         """When each webhook's oldest pending delivery was journaled (if any); O(log n) each."""
