@@ -1,10 +1,11 @@
 """What the admin listener says about each webhook, for /api/status and /metrics alike.
 
 Pending counts are kept, not counted: the journal's count at start (a walk of its pending index,
-~50 ms per million pending in memory, a second or so from a cold disk; the relay starts meanwhile,
-and an early scrape waits for it), plus what ingest journaled since, minus what delivery
-finished since. Counting at each scrape instead would hold the journal's one writer, and so every
-ingest acknowledgement, for that walk every time: 50 ms a scrape with a million pending. The
+0.2 s a million pending, over a second from a cold disk: read beside the writer while the relay
+starts, relay.journal.count_pending, and an early scrape waits for it), plus what ingest
+journaled since, minus what delivery finished since. Counting at each scrape instead would cost
+that walk every time, and through the journal's one writer it would hold every commit, and so
+every ingest acknowledgement, meanwhile. The
 oldest pending delivery is asked of the journal at each scrape: one indexed MIN per webhook,
 O(log n). Delivery's counts reach the relay with the delivery process's report, every 0.5 s:
 a count may trail what the journal holds by that much.
