@@ -14,7 +14,6 @@ import pluggy
 import trio
 
 from relay import config as config_module
-from relay.admin import AdminApi
 from relay.clock import Clock
 from relay.config import Config, ConfigError
 from relay.delivery.dispatch import Dispatcher
@@ -248,6 +247,8 @@ class Relay:
 
     async def _run_admin(self, *, task_status) -> None:
         """The admin listener (relay/admin/): for operators, apart from the gateway's."""
+        from relay.admin import AdminApi  # here: prometheus-client costs ~3 MB, for it alone
+
         started = False
         with self._admin_scope:
             listeners = await open_tcp_listeners(self.config.relay.admin)

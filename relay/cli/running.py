@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import sys
 
-import httpx
 import trio
 
 from relay import config as config_module
@@ -35,6 +34,8 @@ def cmd_run(args) -> int:
 
 def cmd_reload(args) -> int:
     """ask the running relay to reload its configuration (as SIGHUP does)"""
+    import httpx
+
     config = config_module.load_for_admin(args.config)
     try:
         if config.relay.admin is not None:

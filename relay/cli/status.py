@@ -6,8 +6,6 @@ import argparse
 import json
 import time
 
-import httpx
-
 from relay import config as config_module
 from relay.cli.common import CommandError, add_config_option, admin_request
 
@@ -19,6 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_status(args) -> int:
     """show the running relay's state: uptime, and each webhook's backlog and health"""
+    import httpx
+
     config = config_module.load_for_admin(args.config)
     if config.relay.admin is None:
         raise CommandError(
