@@ -6,10 +6,9 @@ first and closes last (it drains what was queued), ingest starts last and stops 
 
 from __future__ import annotations
 
-import errno
 import logging
 import signal
-from pathlib import Path
+import time
 
 import pluggy
 import trio
@@ -17,24 +16,29 @@ import trio
 from relay import config as config_module
 from relay.clock import Clock
 from relay.config import Config, ConfigError
-from relay.config.paths import describe, directory_problem, socket_problem
+from relay.config.paths import directory_problem
 from relay.delivery.dispatch import Dispatcher
 from relay.delivery.remote import EXIT_MARGIN, RemoteDispatcher
 from relay.http.limits import RESERVE
-from relay.http.server import HTTPServer, open_tcp_listeners, open_unix_listener
+from relay.http.server import HTTPServer, open_tcp_listeners
 from relay.ingest.api import Api
 from relay.ingest.events import Router
-from relay.journal import FILENAME, Journal
+from relay.ingest.stats import IngestStats
+from relay.journal import FILENAME, Journal, count_pending
 from relay.journal.retention import Pruner
 from relay.plugins import Components, close_transports
 from relay.plugins.loading import plugin_file_digests
+from relay.startup import StartError, open_listeners, state_dir_error
 
 log = logging.getLogger(__name__)
+
+ADMIN_MAX_BODY = 64 * 1024  # no admin request needs a body yet
 
 # [relay] settings that a reload cannot change in a running relay.
 RESTART_KEYS = (
     "listen",
     "socket",
+    "admin",
     "state_dir",
     "plugins",
     "plugins_dir",
@@ -42,12 +46,6 @@ RESTART_KEYS = (
     "delivery",
     "allow_networks",  # the transports hold it, and they are opened once
 )
-IN_USE = "is a relay already running with this file?"
-
-
-class StartError(Exception):
-    """What keeps a relay from starting, in one line naming the address or path and its key
-    (``cannot listen on 127.0.0.1:8765 ([relay] listen): address already in use``)."""
 
 
 class Relay:
@@ -69,6 +67,12 @@ class Relay:
         self._recover_scope = trio.CancelScope()
         self._prune_scope = trio.CancelScope()
         self._reloading = trio.Lock()
+        self.ingest_stats = IngestStats()
+        self.config_loaded_at = time.time()
+        self.pending_at_start: dict[str, int] = {}
+        self.pending_counted = trio.Event()  # pending_at_start is the journal's count
+        self.admin_address: str | None = None  # where the admin listener listens, once it does
+        self._admin_scope = trio.CancelScope()
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Serve until ``stop()``; ``task_status.started`` gets the addresses listened on."""
@@ -82,9 +86,11 @@ class Relay:
             self.pruner = Pruner(journal, self.clock, relay.retention)
             # Read before taking events: newer rows are this run's own.
             previous_run = await journal.last_rowid()
-            run_start = self.clock.now()  # before the scheduler's first claim: see _recover
+            self.started_at = run_start = self.clock.now()  # before the first claim: _recover
             try:
                 async with trio.open_nursery() as nursery:
+                    if relay.admin:  # for it alone; relay/admin/status.py says why once
+                        await nursery.start(self._count_pending)
                     if relay.delivery == "process":
                         self.dispatcher = RemoteDispatcher(self.config, journal, self.clock)
                         self._dispatch_scope = trio.CancelScope()
@@ -104,10 +110,19 @@ class Relay:
                     if self.stopping:  # a signal came while it started
                         self._stop_dispatch()
                     nursery.start_soon(self._prune)
+                    if relay.admin:
+                        await nursery.start(self._run_admin)
                     addresses = await nursery.start(self._run_ingest)
                     task_status.started(addresses)
             finally:
                 await close_transports(self.transports)
+
+    async def _count_pending(self, *, task_status) -> None:
+        """As the journal is now, before this run writes (started() once that is fixed), and
+        read beside it while the relay starts."""
+        state_dir = self.config.relay.state_dir
+        self.pending_at_start = await count_pending(state_dir, task_status=task_status)
+        self.pending_counted.set()
 
     async def _recover(self, previous_run: int, run_start: float) -> None:
         # Stopping cancels it: the next run recovers what this one did not reach.
@@ -172,6 +187,7 @@ class Relay:
         if "plugins_dir" not in restart_needed and (files := self._plugin_files_changed()):
             restart_needed.append(f"plugins_dir ({files})")
         self.config = new
+        self.config_loaded_at = self.clock.now()
         self.router = Router(new.webhooks)
         if self._server is not None:
             self._server.max_body = new.relay.max_body
@@ -238,6 +254,7 @@ class Relay:
     async def _run_remote(self, previous_run: int, run_start: float, *, task_status) -> None:
         with self._dispatch_scope:
             await self.dispatcher.run(previous_run, run_start, task_status=task_status)
+        self._admin_scope.cancel()  # drained: operators could watch the drain until now
         if self._dispatch_scope.cancelled_caught:  # stopping, and grace + EXIT_MARGIN passed
             log.warning(
                 "the delivery process did not stop within the grace period and was killed;"
@@ -250,6 +267,24 @@ class Relay:
         with trio.CancelScope() as scope:
             task_status.started(scope)
             await self.dispatcher.run()
+        self._admin_scope.cancel()  # drained: operators could watch the drain until now
+
+    async def _run_admin(self, *, task_status) -> None:
+        """The admin listener (relay/admin/): for operators, apart from the gateway's."""
+        from relay.admin import AdminApi  # here: prometheus-client costs ~3 MB, for it alone
+
+        started = False
+        with self._admin_scope:
+            listeners = await open_tcp_listeners(self.config.relay.admin)
+            self.admin_address = _address(listeners[0])
+            log.info("admin listener on %s", self.admin_address)
+            server = HTTPServer(AdminApi(self), max_body=ADMIN_MAX_BODY)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(server.serve, listeners)
+                task_status.started()
+                started = True
+        if not started:  # the delivery drained while it started
+            task_status.started()
 
     async def _run_ingest(self, *, task_status) -> None:
         relay = self.config.relay
@@ -261,7 +296,10 @@ class Relay:
                 for address in addresses:
                     log.info("taking events on %s", address)
                 server = self._server = HTTPServer(
-                    Api(self), max_body=relay.max_body, reserve=_descriptors_reserved(self.config)
+                    Api(self),
+                    max_body=relay.max_body,
+                    reserve=_descriptors_reserved(self.config),
+                    on_too_large=self.ingest_stats.too_large,
                 )
                 async with trio.open_nursery() as nursery:
                     if listeners:
@@ -274,42 +312,6 @@ class Relay:
                     relay.socket.unlink(missing_ok=True)
         if not started:  # stopped while starting
             task_status.started([])
-
-
-async def open_listeners(relay: config_module.RelaySettings) -> list[trio.SocketListener]:
-    """The listeners of ``[relay] listen`` and ``socket``; raise StartError naming the one that
-    cannot be opened, and why."""
-    listeners = []
-    try:
-        if relay.listen:
-            try:
-                listeners.extend(await open_tcp_listeners(relay.listen))
-            except OSError as e:
-                raise StartError(listen_error(relay.listen, "[relay] listen", e)) from None
-        if relay.socket:
-            if problem := socket_problem(relay.socket):
-                raise StartError(f"cannot listen on {relay.socket} ([relay] socket): {problem}")
-            try:
-                listeners.append(await open_unix_listener(relay.socket))
-            except OSError as e:
-                raise StartError(listen_error(relay.socket, "[relay] socket", e)) from None
-    except BaseException:
-        for listener in listeners:
-            listener.socket.close()
-        raise
-    return listeners
-
-
-def listen_error(address, key: str, error: OSError) -> str:
-    if error.errno == errno.EADDRINUSE:
-        reason = f"address already in use ({IN_USE})"
-    else:
-        reason = describe(error)
-    return f"cannot listen on {address} ({key}): {reason}"
-
-
-def state_dir_error(path: Path, problem: str) -> str:
-    return f"cannot keep the journal in {path} ([relay] state_dir): {problem}"
 
 
 def _descriptors_reserved(config: Config) -> int:

@@ -34,7 +34,9 @@ MAY_IMPORT = {
         "relay.model",
         "relay.plugins",
     },
-    "relay.daemon": {
+    # The admin listener: what the daemon wires up, read for operators (and the version).
+    "relay.admin": {
+        "relay.__version__",
         "relay.clock",
         "relay.config",
         "relay.delivery",
@@ -43,6 +45,18 @@ MAY_IMPORT = {
         "relay.journal",
         "relay.plugins",
     },
+    "relay.daemon": {
+        "relay.admin",
+        "relay.clock",
+        "relay.config",
+        "relay.delivery",
+        "relay.http",
+        "relay.ingest",
+        "relay.journal",
+        "relay.plugins",
+        "relay.startup",
+    },
+    "relay.startup": {"relay.config", "relay.http"},
     "relay.cli": {"relay"},  # the top: anything
     "relay.__main__": {"relay.cli"},
 }

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from relay import config as config_module
-from relay.cli import checking, deliveries, listen, running, send, webhooks
+from relay.cli import checking, deliveries, listen, running, send, status, webhooks
 from relay.cli.common import CommandError, add_config_option
 
 COMMANDS = {
@@ -21,6 +21,7 @@ COMMANDS = {
     "reload": (running.cmd_reload, add_config_option),
     "send": (send.cmd_send, send.add_arguments),
     "listen": (listen.cmd_listen, listen.add_arguments),
+    "status": (status.cmd_status, status.add_arguments),
     "deliveries": (deliveries.cmd_deliveries, deliveries.add_arguments),
     "plugins": (checking.cmd_plugins, add_config_option),
     "webhooks": (webhooks.cmd_webhooks, webhooks.add_arguments),

@@ -17,9 +17,9 @@ import trio
 
 from relay.config import Config
 from relay.config.paths import directory_problem, socket_problem
-from relay.daemon import IN_USE, listen_error, state_dir_error
 from relay.http.server import open_tcp_listeners
 from relay.journal import FILENAME
+from relay.startup import IN_USE, listen_error, state_dir_error
 
 RUNNING = (
     "{key}: a relay is running on {where}; if it runs this file, `relay reload` applies changes "

@@ -5,19 +5,19 @@ from __future__ import annotations
 import logging
 import sys
 
-import httpx
 import trio
 
 from relay import config as config_module
-from relay.cli.common import CommandError, admin_request, first_error, load
+from relay.cli.common import CommandError, admin_request, first_error, ingest_request, load
 from relay.journal import JournalError
 from relay.journal.lock import StateDirLocked
 
 
 def cmd_run(args) -> int:
     """run the relay until SIGTERM or SIGINT"""
-    from relay.daemon import Relay, StartError, serve
+    from relay.daemon import Relay, serve
     from relay.delivery.remote import DeliveryProcessError
+    from relay.startup import StartError
 
     config, pm, components = load(args.config)
     config_module.configure_logging(config)
@@ -36,12 +36,20 @@ def cmd_run(args) -> int:
 
 def cmd_reload(args) -> int:
     """ask the running relay to reload its configuration (as SIGHUP does)"""
+    import httpx
+
     config = config_module.load_for_admin(args.config)
     try:
-        response = admin_request(config, "POST", "/reload")
+        if config.relay.admin is not None:
+            response = admin_request(config, "POST", "/api/reload")
+        else:  # the ingest listener's deprecated POST /reload
+            response = ingest_request(config, "POST", "/reload")
     except httpx.HTTPError as e:
         raise CommandError(f"cannot reach the relay of {args.config}: {e}") from None
-    answer = response.json()
+    try:
+        answer = response.json()
+    except ValueError:
+        raise CommandError(f"the relay answered {response.status_code}: {response.text}") from None
     if response.status_code != 200:
         print(answer.get("error", response.text), file=sys.stderr)
         for line in answer.get("problems", []):

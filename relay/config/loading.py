@@ -8,6 +8,7 @@ Values of secrets never appear in those lines.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import logging
 import os
 import sys
@@ -223,7 +224,10 @@ def load_for_admin(path: str | Path) -> Config:
         path = Path(path).absolute()
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
-            settings = converter().structure(data.get("relay", {}), RelaySettings)
+            table, problems = _admin_token(dict(data.get("relay", {})))
+            if problems:
+                raise e from None
+            settings = converter().structure(table, RelaySettings)
         except Exception:  # noqa: BLE001 - then the original errors are the ones to show
             raise e from None
         raw = data.get("webhooks", [])
@@ -254,7 +258,15 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
     secrets, problems = resolve_secrets(data.get("secrets", {}), os.environ)
     errors.extend(f"{name}: {place}: {message}" for place, message in problems)
 
-    relay = structure_or_note(_table(data, "relay", errors, name), RelaySettings, "relay")
+    relay_table, problems = _admin_token(_table(data, "relay", errors, name))
+    errors.extend(f"{name}: {line}" for line in problems)
+    relay = structure_or_note(relay_table, RelaySettings, "relay")
+    if relay is not None and relay.admin and relay.admin_token is None:
+        if not problems and not is_loopback(relay.admin):
+            errors.append(
+                f"{name}: relay.admin_token: required when relay.admin ({relay.admin}) is not a"
+                " loopback address"
+            )
     defaults_table = _table(data, "defaults", errors, name)
     defaults = structure_or_note(defaults_table, DeliverySettings, "defaults")
 
@@ -297,6 +309,31 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
         raise ConfigError(errors)
     relay = _resolve_paths(relay, path.parent)
     return Config(path=path, relay=relay, defaults=defaults, webhooks=tuple(webhooks))
+
+
+def _admin_token(table: dict) -> tuple[dict, list[str]]:
+    """``[relay] admin_token``, a literal or ``{ env = "VARIABLE" }`` as in [secrets], resolved
+    now; the problems name the key and the variable, never the value."""
+    if "admin_token" not in table:
+        return table, []
+    values, problems = resolve_secrets({"admin_token": table["admin_token"]}, os.environ)
+    token = values.get("admin_token")
+    lines = [f"relay.admin_token: {message}" for _, message in problems]
+    if not problems and not token:
+        lines.append("relay.admin_token: must not be empty")
+    return {**table, "admin_token": token or None}, lines
+
+
+def is_loopback(listen: str) -> bool:
+    """Whether ``HOST:PORT`` listens only to this machine (a name other than localhost may
+    resolve to anything: it does not count)."""
+    host = listen.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _resolve_paths(relay: RelaySettings, base: Path) -> RelaySettings:

@@ -211,6 +211,11 @@ class RelaySettings:
     # "process": lanes, scheduler and attempts in a delivery process of their own (default);
     # "inline": in the relay's own trio thread (tests on trio's MockClock need that).
     delivery: Literal["process", "inline"] = "process"
+    # The admin listener (relay/admin/: /metrics, /api/), for operators, never the gateway. Its
+    # token: required unless it is a loopback address; a literal or { env = "..." } in the file,
+    # resolved when it loads (relay/config/loading.py).
+    admin: str | None = field(default=None, validator=_listen)
+    admin_token: str | None = field(default=None, repr=False)
 
 
 @frozen

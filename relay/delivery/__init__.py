@@ -1,5 +1,5 @@
 """Where events go out: a lane per webhook and the retry scheduler (``dispatch``), one attempt
 through the hooks (``attempt``), the delivery process (``process``) and the relay's side of it
-(``remote``). Delivery reads and writes the journal; it never touches ingest.
-Exports nothing itself: import the module you need.
+(``remote``), and what attempts amounted to (``stats``, for /metrics). Delivery reads and writes
+the journal; it never touches ingest. Exports nothing itself: import the module you need.
 """

@@ -24,6 +24,7 @@ import trio
 from relay.clock import Clock
 from relay.config import Config, Webhook
 from relay.delivery.attempt import Attempts
+from relay.delivery.stats import DeliveryStats
 from relay.journal import Journal, JournalError
 from relay.model import Delivery
 from relay.plugins import Components
@@ -198,6 +199,7 @@ class Dispatcher:
         self.lanes = {w.id: Lane(w, config.relay.queue) for w in config.webhooks}
         self.scheduler = Scheduler(journal, clock, self.lanes)
         self._scheduler_scope = trio.CancelScope()
+        self.stats = DeliveryStats()  # for /metrics (relay/admin/)
 
     async def run(self) -> None:
         """Run lanes and scheduler until cancelled; attempts in flight are cancelled with them."""
@@ -274,6 +276,9 @@ class Dispatcher:
             if delay is not None:
                 next_at = started_at + outcome.duration + delay
         await self.journal.record_attempt(delivery, started_at, outcome, next_at=next_at)
+        self.stats.record(
+            webhook.id, outcome, final=next_at is None, ended_at=started_at + outcome.duration
+        )
         if next_at is not None:
             log.info(
                 "delivery %s to %s: attempt %d failed (%s); next in %.0f s",

@@ -20,7 +20,8 @@ What crosses the pipes (frames of relay/journal/frames.py):
   a command may itself wait for the journal, and one pipe could then deadlock.
 - stdout, to the relay: ``("ready",)`` or ``("failed", reason)`` once, then ``("journal",
   batch)`` for each batch its journal commits, ``("reloaded", problems)`` for each reload
-  (empty: applied), and ``("in_flight", n)`` for ``/healthz``.
+  (empty: applied), and ``("report", in_flight, changes)``: the attempts in flight (for
+  ``/healthz``) and the totals of relay/delivery/stats.py that changed (for ``/metrics``).
 
 Its journal is the relay's: a ``Journal`` whose writer hands each batch to the relay, which runs
 it in its own committer. One writer, and what this process records commits in order with what
@@ -53,7 +54,7 @@ from relay.plugins import Components, PluginError, close_transports, load_with_p
 
 log = logging.getLogger(__name__)
 
-IN_FLIGHT_REPORT = 0.5  # seconds between reports of the attempts in flight, when it changed
+REPORT_INTERVAL = 0.5  # seconds between reports (attempts in flight, stats), when they changed
 
 
 class RelayGone(Exception):
@@ -104,7 +105,7 @@ class DeliveryWorker:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._dispatch, nursery.cancel_scope)
                     nursery.start_soon(self.dispatcher.recover, previous_run, run_start)
-                    nursery.start_soon(self._report_in_flight)
+                    nursery.start_soon(self._report)
                     await self.send(("ready",))
                     nursery.start_soon(self._obey, commands)
             finally:
@@ -122,12 +123,15 @@ class DeliveryWorker:
             await self.dispatcher.run()
         everything.cancel()  # drained (or out of grace): the process is done
 
-    async def _report_in_flight(self) -> None:
+    async def _report(self) -> None:
+        """What the relay shows of this process: one small frame every REPORT_INTERVAL at most,
+        with the totals of only the webhooks that had attempts since the last one."""
         reported = 0
         while True:
-            await trio.sleep(IN_FLIGHT_REPORT)
-            if (now := self.dispatcher.in_flight()) != reported:
-                await self.send(("in_flight", now))
+            await trio.sleep(REPORT_INTERVAL)
+            changes = self.dispatcher.stats.changes()
+            if (now := self.dispatcher.in_flight()) != reported or changes:
+                await self.send(("report", now, changes))
                 reported = now
 
     async def _obey(self, commands: FrameReader) -> None:

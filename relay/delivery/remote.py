@@ -22,6 +22,7 @@ import trio
 
 from relay.clock import Clock
 from relay.config import Config, ConfigError
+from relay.delivery.stats import DeliveryStats
 from relay.journal import Journal
 from relay.journal.frames import FrameReader, encode
 from relay.model import Delivery
@@ -51,6 +52,7 @@ class RemoteDispatcher:
         self._pending = self._pending_bytes = 0
         self._has_commands = trio.Event()
         self._in_flight = 0
+        self.stats = DeliveryStats()  # the process's totals, as it last reported them
         self._reloaded = trio.Event()
         self._reload_problems: list[str] | None = None
 
@@ -132,8 +134,9 @@ class RemoteDispatcher:
                     await answers.send_all(encode(results))
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass  # it died: the end of its output follows
-            elif message[0] == "in_flight":
+            elif message[0] == "report":
                 self._in_flight = message[1]
+                self.stats.merge(message[2])
             elif message[0] == "reloaded":
                 self._reload_problems = message[1]
                 self._reloaded.set()

@@ -7,15 +7,23 @@ rejects is rejected whole, with a JSON body that names each problem, and nothing
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Protocol
 
 from relay.clock import Clock
 from relay.config import Config
-from relay.http.server import HTTPRequest
+from relay.http.server import HTTPRequest, Reply
 from relay.ingest import events, reports
+from relay.ingest.stats import IngestStats, rejection
 from relay.journal import Journal, JournalError
 from relay.model import Delivery, Event
+
+log = logging.getLogger(__name__)
+
+# POST /reload here is deprecated: reloading is for operators, on the admin listener
+# (POST /api/reload, relay/admin/). RFC 9745's Deprecation header: since when (a Unix time).
+DEPRECATED_SINCE = "@1796083200"  # 2026-12-01
 
 
 class Dispatching(Protocol):
@@ -31,6 +39,7 @@ class Ingesting(Protocol):
     clock: Clock
     journal: Journal
     dispatcher: Dispatching
+    ingest_stats: IngestStats
 
     async def try_reload(self) -> tuple[bool, dict]: ...
 
@@ -40,8 +49,9 @@ class Ingesting(Protocol):
 class Api:
     def __init__(self, relay: Ingesting):
         self.relay = relay
+        self.stats = relay.ingest_stats
 
-    async def __call__(self, request: HTTPRequest) -> tuple[int, dict | bytes]:
+    async def __call__(self, request: HTTPRequest) -> tuple[int, dict | bytes | Reply]:
         if request.path == "/events":
             if request.method != "POST":
                 return 405, {"error": "use POST /events"}
@@ -53,8 +63,7 @@ class Api:
         if request.path == "/reload":
             if request.method != "POST":
                 return 405, {"error": "use POST /reload"}
-            ok, answer = await self.relay.try_reload()
-            return (200 if ok else 422), answer
+            return await self.reload()
         if request.path == "/healthz":
             if request.method != "GET":
                 return 405, {"error": "use GET /healthz"}
@@ -63,24 +72,29 @@ class Api:
 
     async def accept(self, request: HTTPRequest) -> tuple[int, dict | bytes]:
         if (refused := not_json(request)) is not None:
+            self.stats.refused("unsupported_media_type")
             return refused
         relay = self.relay
         config, router = relay.config, relay.router  # one consistent view, even across a reload
         try:
             incoming = events.parse(request.body, config)
         except events.InvalidEvents as e:
+            self.stats.refused(rejection(e))
             return e.status, e.as_json()
 
         now = relay.clock.now()
         accepted: list[Event] = []
         deliveries: list[Delivery] = []
         bindings: list[tuple[str, str, float]] = []  # events that name their webhook bind
+        unrouted: list[Event] = []  # so far: a delivery report may still take them
         new_id, route = events.new_id, router.route
         for name, webhook_id, body, message_id in incoming:
             event = Event(new_id(), name, body, now)
             accepted.append(event)
             if webhook_id is None:
-                for pattern_match in route(name):
+                if not (matches := route(name)):
+                    unrouted.append(event)
+                for pattern_match in matches:
                     deliveries.append(Delivery(new_id(), pattern_match, event))
             else:
                 deliveries.append(Delivery(new_id(), webhook_id, event))
@@ -102,10 +116,17 @@ class Api:
                 accepted, deliveries, now, bindings=bindings, reports=maybe_reports
             )
         except JournalError as e:
+            self.stats.refused("journal_unavailable")
             return 503, {"error": f"journal unavailable, nothing was accepted: {e}"}
         if added:  # in the events' order, as a lane takes them
             order = {event.id: i for i, event in enumerate(accepted)}
             deliveries = sorted(deliveries + added, key=lambda d: order[d.event.id])
+            reported = {d.event.id for d in added}
+            unrouted = [event for event in unrouted if event.id not in reported]
+        self.stats.took(len(accepted), len(unrouted), deliveries)
+        if unrouted and log.isEnabledFor(logging.DEBUG):
+            for event in unrouted:
+                log.debug("event %s (%s): accepted, but no webhook takes it", event.id, event.name)
         await relay.dispatcher.submit(deliveries)
         return 202, ids_json([e.id for e in accepted])
 
@@ -126,6 +147,23 @@ class Api:
         except JournalError as e:
             return 503, {"error": f"journal unavailable, nothing was bound: {e}"}
         return 202, {"bound": len(pairs), "expires_at": expires_at}
+
+    async def reload(self) -> tuple[int, Reply]:
+        """Deprecated here (the admin listener's POST /api/reload replaces it), and kept for one
+        release for scripts that call it: answered with a Deprecation header. Refused when an
+        admin token is set, as this listener would be a way around it."""
+        relay = self.relay
+        if relay.config.relay.admin_token is not None:
+            status = 403
+            answer = {
+                "error": "POST /reload moved to the admin listener: POST /api/reload"
+                " ([relay] admin_token is set, so it is not taken here)"
+            }
+        else:
+            log.warning("POST /reload on the ingest listener is deprecated: use the admin listener")
+            ok, answer = await relay.try_reload()
+            status = 200 if ok else 422
+        return status, Reply.json(answer, headers=(("Deprecation", DEPRECATED_SINCE),))
 
 
 def not_json(request: HTTPRequest) -> tuple[int, dict] | None:

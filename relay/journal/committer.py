@@ -206,6 +206,12 @@ class Journal(Reporting):
         """When the earliest sleeping delivery to any of ``webhook_ids`` is due (inf: none)."""
         return await self._call("next_due", list(webhook_ids))
 
+    # -- for the admin listener (relay/admin/status.py; its counts: views.count_pending) ----
+
+    async def oldest_pending(self, webhook_ids: Iterable[str]) -> dict[str, float]:
+        """When each webhook's oldest pending delivery was journaled (if any); O(log n) each."""
+        return await self._call("oldest_pending", list(webhook_ids))
+
     # -- retention (relay/journal/retention.py) -------------------------------------------------
 
     async def prune(self, after: int, cutoff: float, limit: int) -> tuple[int, int, bool]:

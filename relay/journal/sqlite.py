@@ -38,6 +38,11 @@ CREATE INDEX IF NOT EXISTS deliveries_asleep
     ON deliveries (webhook_id, next_at) WHERE next_at IS NOT NULL;
 -- An event's deliveries, for retention (prune). Ids grow with time, so inserts append.
 CREATE INDEX IF NOT EXISTS deliveries_by_event ON deliveries (event_id);
+-- Pending deliveries by webhook, oldest first: the admin listener's pending counts (read once,
+-- at start) and oldest pending age (MIN per webhook, O(log n), at each scrape). Measured: 0.6 µs
+-- more of the writer's CPU an event (13.3 against 12.7 µs, appended and delivered).
+CREATE INDEX IF NOT EXISTS deliveries_pending_by_webhook
+    ON deliveries (webhook_id, created_at) WHERE state = 'pending';
 -- `relay deliveries --state failed`: rare among many, so not found by a scan.
 CREATE INDEX IF NOT EXISTS deliveries_failed ON deliveries (state) WHERE state = 'failed';
 -- `relay deliveries` (pending is its default): pending are few among the finished, and the
@@ -244,6 +249,31 @@ def next_due(conn, webhook_ids):
     return earliest
 
 
+def pending_counts(conn):
+    """``{webhook_id: deliveries pending}``, every webhook the journal has any for. A walk of the
+    pending index (~0.2 s a million pending, over a second from a cold disk): views.py runs it
+    once, at start, beside the writer."""
+    return dict(
+        conn.execute(
+            "SELECT webhook_id, COUNT(*) FROM deliveries WHERE state = 'pending'"
+            " GROUP BY webhook_id"
+        ).fetchall()
+    )
+
+
+def oldest_pending(conn, webhook_ids):
+    """``{webhook_id: created_at of its oldest pending delivery}`` for those that have one."""
+    oldest = {}
+    for webhook_id in webhook_ids:  # one indexed MIN per webhook: O(log n) each
+        (at,) = conn.execute(
+            "SELECT MIN(created_at) FROM deliveries WHERE webhook_id = ? AND state = 'pending'",
+            (webhook_id,),
+        ).fetchone()
+        if at is not None:
+            oldest[webhook_id] = at
+    return oldest
+
+
 def prune(conn, after, cutoff, limit):
     """Delete events received before ``cutoff`` whose deliveries all finished before it, with
     those deliveries and their attempts. Looks at up to ``limit`` events, oldest first from
@@ -295,6 +325,7 @@ OPERATIONS = {
         recover,
         claim_due,
         next_due,
+        oldest_pending,
         prune,
         bind,
         has_bindings,

@@ -1,7 +1,7 @@
 """relay's benchmark: one command, loopback only, starts everything itself (issue 5).
 
     scripts/bench [--quick] [--json PATH] [--events N] [--receiver auto|nginx|python]
-                  [--systems naive,relay] [--phases ...] [--relay-setting LINE]
+                  [--systems naive,relay] [--phases ...] [--relay-setting LINE] [--scrape]
 
 Three systems deliver the seed's status event to a local receiver:
 
@@ -32,7 +32,8 @@ Internal roles (``--role receiver``, ``sender``, ``direct``) run the subprocesse
 The package, by role: cli.py (the options, ``main``), run.py (the order of a run), phases.py
 (each phase), systems.py (relay, naive, direct), load.py (the raw client, the sender),
 receivers.py, cpu.py (/proc: CPU, wake-ups, RSS, steal), report.py (the JSON, the tables),
-processes.py (process groups), events.py (what is sent). scripts/bench runs ``cli.main``.
+processes.py (process groups), events.py (what is sent), scrape.py (``--scrape``: the relay's
+/metrics every second during its phases). scripts/bench runs ``cli.main``.
 """
 
 from pathlib import Path

@@ -59,6 +59,11 @@ def parse_args(argv=None):
         metavar="LINE",
         help="a line for relay's [relay] table, e.g. 'delivery = \"inline\"' (repeatable)",
     )
+    p.add_argument(
+        "--scrape",
+        action="store_true",
+        help="give the relay an admin listener and GET its /metrics every second during its phases",
+    )
     p.add_argument("--role", choices=("receiver", "direct", "sender"), help=argparse.SUPPRESS)
     p.add_argument("--count-file", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)

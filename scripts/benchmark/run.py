@@ -17,6 +17,7 @@ from .phases import INGEST_PHASES, Phases
 from .processes import BENCH
 from .receivers import NginxReceiver, Receiver, measure_ceiling, wait_count
 from .report import build_report
+from .scrape import scraping
 from .systems import NaiveRelay, RealRelay, System
 
 
@@ -77,10 +78,13 @@ class Bench(Phases):
             if self.time_left() < 10:
                 self.notes.append(f"{cls.name}: skipped, out of time")
                 continue
-            system = RealRelay(a.relay_setting) if cls is RealRelay else cls()
+            system = RealRelay(a.relay_setting, scrape=a.scrape) if cls is RealRelay else cls()
             await system.start(procs, sink_url, lat_url)
             try:
-                await self.measure_system(system, sink, lat)
+                if getattr(system, "admin", None):
+                    await self.measure_scraped(system, sink, lat)
+                else:
+                    await self.measure_system(system, sink, lat)
             finally:
                 self.results[system.name]["rss_peak_mb"] = system_peak_rss_mb(system.pid)
                 procs.stop(system.proc, grace=5.0)
@@ -128,6 +132,17 @@ class Bench(Phases):
             "events_per_s": rate,
             "cpu_s_per_1000": direct["cpu"] / max(direct["ok"], 1) * 1000,
         }
+
+    async def measure_scraped(self, system: RealRelay, sink, lat: Receiver) -> None:
+        """``measure_system`` with /metrics scraped every second meanwhile (--scrape)."""
+        async with scraping(system.admin) as scraper:
+            await self.measure_system(system, sink, lat)
+        self.results[system.name]["scrape"] = s = scraper.summary()
+        self.notes.append(
+            f"{system.name}: /metrics scraped every {s['interval_s']:g} s during its phases:"
+            f" {s['scrapes']} scrapes ({s['failed']} failed), p50 {s['p50_ms'] or 0:.1f} ms,"
+            f" max {s['max_ms'] or 0:.1f} ms, {s['bytes']:,} bytes"
+        )
 
     async def measure_system(self, system: System, sink, lat: Receiver) -> dict:
         a = self.args

@@ -1,0 +1,71 @@
+"""What the admin listener says about each webhook, for /api/status and /metrics alike.
+
+Pending counts are kept, not counted: the journal's count at start (a walk of its pending index,
+0.2 s a million pending, over a second from a cold disk: read beside the writer while the relay
+starts, relay.journal.count_pending, and an early scrape waits for it), plus what ingest
+journaled since, minus what delivery finished since. Counting at each scrape instead would cost
+that walk every time, and through the journal's one writer it would hold every commit, and so
+every ingest acknowledgement, meanwhile. The
+oldest pending delivery is asked of the journal at each scrape: one indexed MIN per webhook,
+O(log n). Delivery's counts reach the relay with the delivery process's report, every 0.5 s:
+a count may trail what the journal holds by that much.
+"""
+
+from __future__ import annotations
+
+from attrs import frozen
+
+from relay.config import Webhook
+
+
+def enabled(relay, webhook: Webhook) -> bool:
+    """Whether ``webhook`` takes deliveries. Every configured webhook does, for now: this is
+    the one place /metrics and /api/status ask."""
+    return True
+
+
+@frozen
+class WebhookState:
+    id: str
+    enabled: bool
+    pending: int
+    oldest_pending_age: float | None  # seconds; None when nothing is pending
+    last_success_at: float | None  # wall time, this run
+    consecutive_failures: int  # attempts failed since the last success (this run)
+
+    def as_json(self) -> dict:
+        return {
+            "id": self.id,
+            "enabled": self.enabled,
+            "pending": self.pending,
+            "oldest_pending_age_seconds": self.oldest_pending_age,
+            "last_success_at": self.last_success_at,
+            "consecutive_failures": self.consecutive_failures,
+        }
+
+
+async def webhook_states(relay) -> list[WebhookState]:
+    """One per configured webhook, in the file's order (one journal read for them all)."""
+    await relay.pending_counted.wait()  # a scrape just after the start waits for the count
+    webhooks = relay.config.webhooks
+    oldest = await relay.journal.oldest_pending([w.id for w in webhooks])
+    now = relay.clock.now()
+    stats = relay.dispatcher.stats
+    at_start, routed = relay.pending_at_start, relay.ingest_stats.routed
+    states = []
+    for webhook in webhooks:
+        wid = webhook.id
+        pending = max(0, at_start.get(wid, 0) + routed.get(wid, 0) - stats.finished(wid))
+        since = oldest.get(wid)
+        delivered = stats.webhooks.get(wid)
+        states.append(
+            WebhookState(
+                id=wid,
+                enabled=enabled(relay, webhook),
+                pending=pending,
+                oldest_pending_age=max(0.0, now - since) if since is not None else None,
+                last_success_at=delivered.last_success if delivered else None,
+                consecutive_failures=delivered.consecutive_failures if delivered else 0,
+            )
+        )
+    return states
