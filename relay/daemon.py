@@ -23,7 +23,7 @@ from relay.delivery.remote import EXIT_MARGIN, RemoteDispatcher
 from relay.http.server import HTTPServer, open_tcp_listeners, open_unix_listener
 from relay.ingest.api import Api
 from relay.ingest.events import Router
-from relay.journal import FILENAME, Journal
+from relay.journal import FILENAME, Journal, JournalUnusable
 from relay.journal.retention import Pruner
 from relay.plugins import Components, close_transports
 from relay.plugins.loading import plugin_file_digests
@@ -67,42 +67,48 @@ class Relay:
         self.transports = {}
         if problem := directory_problem(relay.state_dir, (FILENAME, f"{FILENAME}-wal")):
             raise StartError(state_dir_error(relay.state_dir, problem))
-        async with Journal.open(relay.state_dir, mode=relay.journal) as journal:
-            self.journal = journal
-            self.pruner = Pruner(journal, self.clock, relay.retention)
-            # Read before taking events: newer rows are this run's own.
-            previous_run = await journal.last_rowid()
-            run_start = self.clock.now()  # before the scheduler's first claim: see _recover
-            try:
-                async with trio.open_nursery() as nursery:
-                    if relay.delivery == "process":
-                        self.dispatcher = RemoteDispatcher(self.config, journal, self.clock)
-                        self._dispatch_scope = trio.CancelScope()
-                        await nursery.start(self._run_remote, previous_run, run_start)
-                    else:
-                        self.transports = self.components.open_transports(self.config)
-                        self.dispatcher = Dispatcher(
-                            self.config,
-                            self.pm,
-                            self.components,
-                            self.transports,
-                            journal,
-                            self.clock,
-                        )
-                        self._dispatch_scope = await nursery.start(self._run_dispatcher)
-                        nursery.start_soon(self._recover, previous_run, run_start)
-                    if self.stopping:  # a signal came while it started
-                        self._stop_dispatch()
-                    nursery.start_soon(self._prune)
-                    addresses = await nursery.start(self._run_ingest)
-                    task_status.started(addresses)
-            finally:
-                await close_transports(self.transports)
+        try:
+            async with Journal.open(relay.state_dir, mode=relay.journal) as journal:
+                await self._run(journal, task_status)
+        except JournalUnusable as e:  # damaged, say: refused before any listener opens
+            raise StartError(str(e)) from None
 
-    async def _recover(self, previous_run: int, run_start: float) -> None:
+    async def _run(self, journal: Journal, task_status) -> None:
+        relay = self.config.relay
+        self.journal = journal
+        self.pruner = Pruner(journal, self.clock, relay.retention)
+        # Read before taking events: newer rows are this run's own.
+        previous_run = await journal.last_rowid()
+        try:
+            async with trio.open_nursery() as nursery:
+                if relay.delivery == "process":
+                    self.dispatcher = RemoteDispatcher(self.config, journal, self.clock)
+                    self._dispatch_scope = trio.CancelScope()
+                    await nursery.start(self._run_remote, previous_run)
+                else:
+                    self.transports = self.components.open_transports(self.config)
+                    self.dispatcher = Dispatcher(
+                        self.config,
+                        self.pm,
+                        self.components,
+                        self.transports,
+                        journal,
+                        self.clock,
+                    )
+                    self._dispatch_scope = await nursery.start(self._run_dispatcher)
+                    nursery.start_soon(self._recover, previous_run)
+                if self.stopping:  # a signal came while it started
+                    self._stop_dispatch()
+                nursery.start_soon(self._prune)
+                addresses = await nursery.start(self._run_ingest)
+                task_status.started(addresses)
+        finally:
+            await close_transports(self.transports)
+
+    async def _recover(self, previous_run: int) -> None:
         # Stopping cancels it: the next run recovers what this one did not reach.
         with self._recover_scope:
-            await self.dispatcher.recover(previous_run, run_start)
+            await self.dispatcher.recover(previous_run)
 
     async def _prune(self) -> None:
         with self._prune_scope:  # stopping cancels it; it resumes with the next run
@@ -131,11 +137,16 @@ class Relay:
             self._dispatch_scope.deadline = trio.current_time() + self._grace
 
     def status(self) -> dict:
+        """``/healthz``: "journal failing" (with why) while the journal's last write failed
+        and none has succeeded since; the API answers 503 then."""
+        failing = self.journal.failing
+        status = "stopping" if self.stopping else "ok" if failing is None else "journal failing"
         return {
-            "status": "stopping" if self.stopping else "ok",
+            "status": status,
             "webhooks": len(self.config.webhooks),
             "in_flight": self.dispatcher.in_flight(),
             "tasks": _count_tasks(trio.lowlevel.current_root_task()),
+            **({"journal_error": failing} if failing is not None else {}),
         }
 
     async def reload(self) -> dict:
@@ -224,9 +235,9 @@ class Relay:
         )
         return "; ".join(f"{what}: {', '.join(names)}" for what, names in changes if names)
 
-    async def _run_remote(self, previous_run: int, run_start: float, *, task_status) -> None:
+    async def _run_remote(self, previous_run: int, *, task_status) -> None:
         with self._dispatch_scope:
-            await self.dispatcher.run(previous_run, run_start, task_status=task_status)
+            await self.dispatcher.run(previous_run, task_status=task_status)
         if self._dispatch_scope.cancelled_caught:  # stopping, and grace + EXIT_MARGIN passed
             log.warning(
                 "the delivery process did not stop within the grace period and was killed;"
