@@ -184,7 +184,10 @@ def _prepare(conn: JournalConnection, path: Path) -> None:
         return
     integrity.check_pages(conn, path)
     if version == 1:
-        _migrate_from_1(conn)
+        try:
+            _migrate_from_1(conn)
+        except sqlite3.OperationalError as e:  # no deliveries table to alter, say
+            raise integrity.damaged(path, f"schema 1: {e}") from None
         tables = _columns(conn)
     if problems := schema_problems(tables):
         raise integrity.damaged(path, "; ".join(problems))
