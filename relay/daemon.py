@@ -24,7 +24,7 @@ from relay.http.server import HTTPServer, open_tcp_listeners
 from relay.ingest.api import Api
 from relay.ingest.events import Router
 from relay.ingest.stats import IngestStats
-from relay.journal import FILENAME, Journal, count_pending
+from relay.journal import FILENAME, Journal, JournalUnusable, count_pending
 from relay.journal.retention import Pruner
 from relay.plugins import Components, close_transports
 from relay.plugins.loading import plugin_file_digests
@@ -81,41 +81,48 @@ class Relay:
         self.transports = {}
         if problem := directory_problem(relay.state_dir, (FILENAME, f"{FILENAME}-wal")):
             raise StartError(state_dir_error(relay.state_dir, problem))
-        async with Journal.open(relay.state_dir, mode=relay.journal) as journal:
-            self.journal = journal
-            self.pruner = Pruner(journal, self.clock, relay.retention)
-            # Read before taking events: newer rows are this run's own.
-            previous_run = await journal.last_rowid()
-            self.started_at = run_start = self.clock.now()  # before the first claim: _recover
-            try:
-                async with trio.open_nursery() as nursery:
-                    if relay.admin:  # for it alone; relay/admin/status.py says why once
-                        await nursery.start(self._count_pending)
-                    if relay.delivery == "process":
-                        self.dispatcher = RemoteDispatcher(self.config, journal, self.clock)
-                        self._dispatch_scope = trio.CancelScope()
-                        await nursery.start(self._run_remote, previous_run, run_start)
-                    else:
-                        self.transports = self.components.open_transports(self.config)
-                        self.dispatcher = Dispatcher(
-                            self.config,
-                            self.pm,
-                            self.components,
-                            self.transports,
-                            journal,
-                            self.clock,
-                        )
-                        self._dispatch_scope = await nursery.start(self._run_dispatcher)
-                        nursery.start_soon(self._recover, previous_run, run_start)
-                    if self.stopping:  # a signal came while it started
-                        self._stop_dispatch()
-                    nursery.start_soon(self._prune)
-                    if relay.admin:
-                        await nursery.start(self._run_admin)
-                    addresses = await nursery.start(self._run_ingest)
-                    task_status.started(addresses)
-            finally:
-                await close_transports(self.transports)
+        try:
+            async with Journal.open(relay.state_dir, mode=relay.journal) as journal:
+                await self._run(journal, task_status)
+        except JournalUnusable as e:  # damaged, say: refused before any listener opens
+            raise StartError(str(e)) from None
+
+    async def _run(self, journal: Journal, task_status) -> None:
+        relay = self.config.relay
+        self.journal = journal
+        self.pruner = Pruner(journal, self.clock, relay.retention)
+        # Read before taking events: newer rows are this run's own.
+        previous_run = await journal.last_rowid()
+        self.started_at = self.clock.now()
+        try:
+            async with trio.open_nursery() as nursery:
+                if relay.admin:  # for it alone; relay/admin/status.py says why once
+                    await nursery.start(self._count_pending)
+                if relay.delivery == "process":
+                    self.dispatcher = RemoteDispatcher(self.config, journal, self.clock)
+                    self._dispatch_scope = trio.CancelScope()
+                    await nursery.start(self._run_remote, previous_run)
+                else:
+                    self.transports = self.components.open_transports(self.config)
+                    self.dispatcher = Dispatcher(
+                        self.config,
+                        self.pm,
+                        self.components,
+                        self.transports,
+                        journal,
+                        self.clock,
+                    )
+                    self._dispatch_scope = await nursery.start(self._run_dispatcher)
+                    nursery.start_soon(self._recover, previous_run)
+                if self.stopping:  # a signal came while it started
+                    self._stop_dispatch()
+                nursery.start_soon(self._prune)
+                if relay.admin:
+                    await nursery.start(self._run_admin)
+                addresses = await nursery.start(self._run_ingest)
+                task_status.started(addresses)
+        finally:
+            await close_transports(self.transports)
 
     async def _count_pending(self, *, task_status) -> None:
         """As the journal is now, before this run writes (started() once that is fixed), and
@@ -124,10 +131,10 @@ class Relay:
         self.pending_at_start = await count_pending(state_dir, task_status=task_status)
         self.pending_counted.set()
 
-    async def _recover(self, previous_run: int, run_start: float) -> None:
+    async def _recover(self, previous_run: int) -> None:
         # Stopping cancels it: the next run recovers what this one did not reach.
         with self._recover_scope:
-            await self.dispatcher.recover(previous_run, run_start)
+            await self.dispatcher.recover(previous_run)
 
     async def _prune(self) -> None:
         with self._prune_scope:  # stopping cancels it; it resumes with the next run
@@ -156,11 +163,16 @@ class Relay:
             self._dispatch_scope.deadline = trio.current_time() + self._grace
 
     def status(self) -> dict:
+        """``/healthz``: "journal failing" (with why) while the journal's last write failed
+        and none has succeeded since; the API answers 503 then."""
+        failing = self.journal.failing
+        status = "stopping" if self.stopping else "ok" if failing is None else "journal failing"
         return {
-            "status": "stopping" if self.stopping else "ok",
+            "status": status,
             "webhooks": len(self.config.webhooks),
             "in_flight": self.dispatcher.in_flight(),
             "tasks": _count_tasks(trio.lowlevel.current_root_task()),
+            **({"journal_error": failing} if failing is not None else {}),
         }
 
     async def reload(self) -> dict:
@@ -251,9 +263,9 @@ class Relay:
         )
         return "; ".join(f"{what}: {', '.join(names)}" for what, names in changes if names)
 
-    async def _run_remote(self, previous_run: int, run_start: float, *, task_status) -> None:
+    async def _run_remote(self, previous_run: int, *, task_status) -> None:
         with self._dispatch_scope:
-            await self.dispatcher.run(previous_run, run_start, task_status=task_status)
+            await self.dispatcher.run(previous_run, task_status=task_status)
         self._admin_scope.cancel()  # drained: operators could watch the drain until now
         if self._dispatch_scope.cancelled_caught:  # stopping, and grace + EXIT_MARGIN passed
             log.warning(

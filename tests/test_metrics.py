@@ -4,7 +4,6 @@ counts, which cross a pipe, in tests/test_admin.py's daemon tests."""
 
 import json
 import logging
-import sqlite3
 
 import httpx
 import trio
@@ -14,6 +13,7 @@ from prometheus_client.openmetrics.parser import (
 
 from relay.delivery.stats import DURATION_BUCKETS
 from relay.journal import FILENAME
+from relay.journal import sqlite as journal_sql
 from tests.admin import admin_url, scrape, value, wait_for_metric
 from tests.conftest import (
     Receiver,
@@ -108,16 +108,12 @@ async def test_rejected_requests_are_counted_by_reason(tmp_path, nursery, receiv
     # A real journal that fails: SQLite refuses events named "refused" (a full disk, as far as
     # the relay can tell): the request is answered 503, and nothing journaled.
     state = tmp_path / "state"
-    state.mkdir()
-    with sqlite3.connect(state / FILENAME) as conn:
-        conn.execute(
-            "CREATE TABLE events (id TEXT PRIMARY KEY, name TEXT NOT NULL,"
-            " body BLOB NOT NULL, received_at REAL NOT NULL)"
-        )
-        conn.execute(
-            "CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.name = 'refused'"
-            " BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
-        )
+    conn = journal_sql.connect(state)  # the journal as relay makes it, then the trigger
+    conn.execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.name = 'refused'"
+        " BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+    )
+    conn.close()
     config = make_config(
         tmp_path, [{"id": "crm", "url": receiver.url}], admin="127.0.0.1:0", max_body=2048
     )

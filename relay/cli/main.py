@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from relay import config as config_module
-from relay.cli import checking, deliveries, listen, running, send, status, webhooks
+from relay.cli import checking, deliveries, journal, listen, running, send, status, webhooks
 from relay.cli.common import CommandError, add_config_option
 
 COMMANDS = {
@@ -25,6 +25,7 @@ COMMANDS = {
     "deliveries": (deliveries.cmd_deliveries, deliveries.add_arguments),
     "plugins": (checking.cmd_plugins, add_config_option),
     "webhooks": (webhooks.cmd_webhooks, webhooks.add_arguments),
+    "journal": (journal.cmd_journal, journal.add_arguments),
 }
 
 

@@ -137,6 +137,9 @@ class Scheduler:
         self.lanes = lanes
         self._wake = trio.Event()
         self._sleeping_until = math.inf
+        # A write that failed (a full disk) and is written later may put deliveries to sleep
+        # that are due by then: look again (relay/journal/health.py).
+        journal.on_late_writes(self.wake)
 
     def wake(self, due: float = -math.inf) -> None:
         """Something is due at ``due`` (default: now, e.g. a lane drained): look again if that
@@ -239,12 +242,14 @@ class Dispatcher:
             self.lanes.pop(webhook_id).stop()
         self.scheduler.wake()
 
-    async def recover(self, previous_run: int, run_start: float) -> None:
-        """Resume what the previous run held in memory when it ended (kill -9, power loss).
+    async def recover(self, previous_run: int) -> None:
+        """Resume what earlier runs held in memory when they ended (kill -9, power loss).
 
-        In steps, beside the scheduler: rows up to ``previous_run`` untouched since
-        ``run_start`` are the previous run's; this run's own claims are newer."""
-        recovered = await self.journal.recover(previous_run, run_start, wake=self.scheduler.wake)
+        In steps, beside the scheduler, over the rows up to ``previous_run`` (newer ones are
+        this run's): the journal tells their runs from this one by run id, not by time."""
+        recovered = await self.journal.recover(
+            previous_run, self.clock.now(), wake=self.scheduler.wake
+        )
         if recovered:
             log.info("resumed %d deliveries the previous run had in flight", recovered)
 

@@ -88,7 +88,7 @@ class DeliveryWorker:
         self._dispatch_scope = trio.CancelScope()
         self._stopping = False
 
-    async def run(self, fds: tuple[int, int, int], previous_run: int, run_start: float) -> None:
+    async def run(self, fds: tuple[int, int, int], previous_run: int) -> None:
         commands_fd, out_fd, answers_fd = fds
         self._out = trio.lowlevel.FdStream(out_fd)
         self._send_lock = trio.StrictFIFOLock()  # the journal and the reporter both send
@@ -104,7 +104,7 @@ class DeliveryWorker:
                 )
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._dispatch, nursery.cancel_scope)
-                    nursery.start_soon(self.dispatcher.recover, previous_run, run_start)
+                    nursery.start_soon(self.dispatcher.recover, previous_run)
                     nursery.start_soon(self._report)
                     await self.send(("ready",))
                     nursery.start_soon(self._obey, commands)
@@ -177,7 +177,7 @@ class DeliveryWorker:
 def main() -> int:
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
-    config_path, previous_run, run_start, answers_fd = sys.argv[1:5]
+    config_path, previous_run, answers_fd = sys.argv[1:4]
     # The frames own stdin and stdout: a plugin's print() goes to stderr, never into a frame.
     commands_fd, out_fd = os.dup(0), os.dup(1)
     os.dup2(2, 1)
@@ -197,7 +197,7 @@ def main() -> int:
     fds = (commands_fd, out_fd, int(answers_fd))
     status = 0
     try:
-        trio.run(worker.run, fds, int(previous_run), float(run_start))
+        trio.run(worker.run, fds, int(previous_run))
     except* RelayGone:
         pass  # the relay exited first; the next run recovers what was in flight
     except* JournalError as group:

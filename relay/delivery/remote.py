@@ -55,8 +55,11 @@ class RemoteDispatcher:
         self.stats = DeliveryStats()  # the process's totals, as it last reported them
         self._reloaded = trio.Event()
         self._reload_problems: list[str] | None = None
+        # Deliveries this side put to sleep, in a write that failed and was written later,
+        # may be due by then: the process's scheduler must look again.
+        journal.on_late_writes(self._wake)
 
-    async def run(self, previous_run: int, run_start: float, *, task_status) -> None:
+    async def run(self, previous_run: int, *, task_status) -> None:
         """Start the process; return when it has drained after ``stop_intake``. The process
         itself recovers what the previous run held (rows up to ``previous_run``)."""
         answers_read, answers_write = os.pipe()
@@ -68,7 +71,6 @@ class RemoteDispatcher:
                     "relay.delivery.process",
                     str(self.config.path.absolute()),
                     str(previous_run),
-                    repr(run_start),
                     str(answers_read),
                 ],
                 stdin=subprocess.PIPE,
@@ -152,6 +154,10 @@ class RemoteDispatcher:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return  # it died: _serve sees its output end
 
+    def _wake(self) -> None:
+        if not self.stopping and ("wake",) not in self._commands:
+            self._command(("wake",))
+
     def _command(self, command: tuple) -> None:
         self._commands.append(command)
         self._has_commands.set()
@@ -172,8 +178,7 @@ class RemoteDispatcher:
             or self._pending_bytes + size > PENDING_BYTES
         ):
             await self.journal.put_to_sleep((row[0] for row in rows), self.clock.now())
-            if not self.stopping and ("wake",) not in self._commands:
-                self._command(("wake",))
+            self._wake()
             return
         self._pending += len(rows)
         self._pending_bytes += size

@@ -67,7 +67,10 @@ class Api:
         if request.path == "/healthz":
             if request.method != "GET":
                 return 405, {"error": "use GET /healthz"}
-            return 200, self.relay.status()
+            status = self.relay.status()
+            # Unhealthy while it cannot make anything durable: a balancer or a supervisor
+            # should look elsewhere, as ingest answers 503 too.
+            return (503 if status["status"] == "journal failing" else 200), status
         return 404, {"error": f"no such endpoint: {request.path}"}
 
     async def accept(self, request: HTTPRequest) -> tuple[int, dict | bytes]:

@@ -1,17 +1,34 @@
 """The durable journal: events, their deliveries and every attempt's outcome, on disk.
 
 ``committer`` is the interface the rest of relay uses (``Journal``: group commit, one writer),
-``writer`` the process that owns the database, ``frames`` what crosses its pipe, ``sqlite`` the
-engine's SQL, ``retention`` what finished leaves the journal, ``bindings`` the side of delivery
-reports (which webhook wants a message's later events), and ``views`` read-only listings for
-the commands (and the admin listener's pending counts). The journal knows no HTTP and no
-plugins.
+``writers`` the two it commits through, ``writer`` the process that owns the database,
+``frames`` what crosses its pipe, ``sqlite`` the engine's SQL, ``schema`` the tables and opening
+a journal, ``retention`` what finished leaves the journal, ``bindings`` the side of delivery
+reports (which webhook wants a message's later events), and ``views`` read-only listings for the
+commands (and the admin listener's pending counts). The journal knows no HTTP and no plugins.
 
-Exports ``Journal``, ``JournalError``, ``FILENAME``, ``DeliveryRow``, ``list_deliveries`` and
-``count_pending``.
+``integrity`` says whether a journal is the one its state_dir had and readable (checked at
+start), ``health`` what its writes have come to (failed ones are kept and written again), and
+``repair`` checks and salvages a journal for ``relay journal``.
+
+Exports ``Journal``, ``JournalError``, ``JournalUnusable`` (a journal refused at start),
+``FILENAME``, ``DeliveryRow``, ``list_deliveries``, ``count_pending``, and ``check`` and
+``salvage``.
 """
 
 from relay.journal.committer import FILENAME, Journal, JournalError
+from relay.journal.repair import check, salvage
 from relay.journal.views import DeliveryRow, count_pending, list_deliveries
+from relay.journal.writers import JournalUnusable
 
-__all__ = ["FILENAME", "DeliveryRow", "Journal", "JournalError", "count_pending", "list_deliveries"]
+__all__ = [
+    "FILENAME",
+    "DeliveryRow",
+    "Journal",
+    "JournalError",
+    "JournalUnusable",
+    "check",
+    "count_pending",
+    "list_deliveries",
+    "salvage",
+]

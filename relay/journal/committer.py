@@ -21,25 +21,26 @@ A pending delivery is in one of two places:
   in flight.
 
 All work, reads included, goes through the committer in order, so a read sees every write queued
-before it.
+before it. A write nobody waits for that fails (a full disk) is kept and sent again until it is
+written (relay/journal/health.py says why), and ``failing`` says so meanwhile.
 """
 
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
-from collections.abc import Iterable, Sequence
+import math
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
-from attrs import define
 
 from relay.journal import lock
 from relay.journal import sqlite as journal_sql
 from relay.journal.bindings import Reporting
-from relay.journal.frames import FrameReader, encode
+from relay.journal.health import Health
+from relay.journal.health import Op as _Op
+from relay.journal.writers import InlineWriter, JournalError, ProcessWriter
 from relay.model import Delivery, Event, Outcome
 
 log = logging.getLogger(__name__)
@@ -64,19 +65,6 @@ MERGEABLE = frozenset({"record_attempts", "put_to_sleep"})
 RIDE_ALONG = 0.002
 
 
-class JournalError(Exception):
-    """The journal could not do what was asked (disk full, unreadable file ...)."""
-
-
-@define
-class _Op:
-    name: str
-    args: tuple
-    done: trio.Event | None
-    result: object = None
-    error: str | None = None
-
-
 class _Urgent:
     """Set when a write somebody waits for is queued, or the queue closes: it ends a ride-along
     wait (``_ride_along``) without the committer waking for each outcome queued meanwhile."""
@@ -90,14 +78,26 @@ class _Urgent:
 class Journal(Reporting):
     """Use ``async with Journal.open(state_dir) as journal``; the committer lives inside."""
 
-    def __init__(self, send_channel: trio.MemorySendChannel, urgent: _Urgent):
+    def __init__(self, send_channel: trio.MemorySendChannel, urgent: _Urgent, health: Health):
         self._ops = send_channel
         self._urgent = urgent
+        self._health = health
+
+    @property
+    def failing(self) -> str | None:
+        """Why the last write failed, while no write has succeeded since; else None."""
+        return self._health.failing
+
+    def on_late_writes(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` when writes that had failed are written at last: deliveries they
+        put to sleep may be due, and whoever schedules them must look again."""
+        self._health.listeners.append(callback)
 
     @classmethod
     @asynccontextmanager
     async def open(cls, state_dir: Path, *, mode: str = "process"):
-        """The journal in ``state_dir``, held by this process alone while it is open."""
+        """The journal in ``state_dir``, held by this process alone while it is open. Raises
+        JournalUnusable when it cannot be opened (damaged, say), naming the file."""
         start = ProcessWriter.start if mode == "process" else InlineWriter.start
         with lock.hold(state_dir):  # raises lock.StateDirLocked
             async with cls.running(await start(state_dir)) as journal:
@@ -109,13 +109,13 @@ class Journal(Reporting):
         """A journal whose batches go to ``writer`` (``await writer.run(batch)``): a writer
         process, SQL inline, or the relay itself for the delivery process."""
         send, receive = trio.open_memory_channel(QUEUE)
-        urgent = _Urgent()
+        urgent, health = _Urgent(), Health()
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_commit_loop, writer, receive, urgent, ride_along)
+                nursery.start_soon(_commit_loop, writer, receive, urgent, ride_along, health)
                 try:
                     async with send:
-                        yield cls(send, urgent)
+                        yield cls(send, urgent, health)
                 finally:
                     urgent.event.set()
                 # Closing the channel lets the committer finish what was queued, then return.
@@ -139,7 +139,8 @@ class Journal(Reporting):
         return []
 
     # -- writes queued in order, not waited for ------------------------------------------
-    # Losing one of these in a crash only repeats an attempt: the row is still pending.
+    # Losing one of these in a crash only repeats an attempt: the row is still pending. One
+    # that fails is kept and sent again until it is written (relay/journal/health.py).
 
     async def record_attempt(
         self, delivery: Delivery, started_at: float, outcome: Outcome, *, next_at: float | None
@@ -178,13 +179,20 @@ class Journal(Reporting):
         """Rows up to this one are older than this run (read it before taking events)."""
         return await self._call("last_rowid")
 
-    async def recover(self, upto: int, run_start: float, *, step: int = 20_000, wake=None) -> int:
-        """Make deliveries a previous run held in memory (rowids up to ``upto``, untouched
-        since ``run_start``) due at once; returns how many. ``wake()`` after each step lets the
-        scheduler start on what was found so far."""
-        recovered = 0
-        for after in range(0, upto, step):
-            recovered += await self._call("recover", after, min(after + step, upto), run_start)
+    async def recover(self, upto: int, due: float, *, step: int = 20_000, wake=None) -> int:
+        """Make the deliveries that dead runs held in memory (rowids up to ``upto``) due at
+        ``due``; returns how many. Known by run, not by time (``journal_sql.recover``).
+        ``wake()`` after each step lets the scheduler start on what was found so far; a step
+        the journal fails (a full disk) is tried again a second later."""
+        recovered, after = 0, 0
+        while after < upto:
+            try:
+                recovered += await self._call("recover", after, min(after + step, upto), due)
+            except JournalError as e:
+                log.error("recovery: the journal failed (%s); trying again in 1 s", e)
+                await trio.sleep(1)
+                continue
+            after += step
             if wake is not None:
                 wake()
         return recovered
@@ -259,11 +267,10 @@ class Journal(Reporting):
 
 
 async def _commit_loop(
-    writer, receive: trio.MemoryReceiveChannel, urgent: _Urgent, ride_along: float
+    writer, receive: trio.MemoryReceiveChannel, urgent: _Urgent, ride_along: float, health: Health
 ) -> None:
     async with receive:
-        async for first in receive:
-            ops = [first]
+        while (ops := await _next_ops(receive, health)) is not None:
             _take_queued(ops, receive)
             if ride_along and all(op.name in MERGEABLE for op in ops):
                 await _ride_along(ops, receive, urgent, ride_along)
@@ -283,16 +290,31 @@ async def _commit_loop(
             if late.cancelled_caught:
                 _fail(ops, "the journal writer did not answer")
                 raise JournalError(f"the journal writer did not answer in {WRITER_TIMEOUT:g} s")
-            for op_group, (ok, result) in zip(owners, results, strict=True):
-                for op in op_group:
-                    if ok:
-                        op.result = result
-                    else:
-                        op.error = result
-                    if op.done is not None:
-                        op.done.set()
-                    elif not ok:
-                        log.error("journal write failed: %s", result)
+            health.settle(owners, results)
+        health.lost()
+
+
+async def _next_ops(receive: trio.MemoryReceiveChannel, health: Health) -> list[_Op] | None:
+    """The next queued op, with the kept writes ahead of it once their retry is due; the kept
+    writes alone when their retry comes first, and once more when the queue closes. None once
+    the queue is closed and that last try is done."""
+    if health.retry_at == math.inf:  # nothing kept, nothing failing: the usual case
+        try:
+            return [await receive.receive()]
+        except trio.EndOfChannel:
+            return None
+    ops = []
+    with trio.move_on_at(health.retry_at):
+        try:
+            ops.append(await receive.receive())
+        except trio.EndOfChannel:
+            if health.closing:
+                return None
+            health.closing = True
+            return [op for op in health.due() if op.name != "probe"] or None
+    if trio.current_time() >= health.retry_at:
+        ops[:0] = health.due()
+    return ops
 
 
 def _take_queued(ops: list[_Op], receive: trio.MemoryReceiveChannel) -> bool:
@@ -336,7 +358,12 @@ def _merge(ops: list[_Op]) -> tuple[list[tuple[str, tuple]], list[list[_Op]]]:
     batch: list[tuple[str, tuple]] = []
     owners: list[list[_Op]] = []
     for op in ops:
-        if batch and op.name in MERGEABLE and batch[-1][0] == op.name:
+        if (
+            batch
+            and op.name in MERGEABLE
+            and batch[-1][0] == op.name
+            and not (op.alone or owners[-1][0].alone)
+        ):
             for rows, more in zip(batch[-1][1], op.args, strict=True):
                 rows.extend(more)  # linear in the batch, however many ops merge
             owners[-1].append(op)
@@ -347,77 +374,3 @@ def _merge(ops: list[_Op]) -> tuple[list[tuple[str, tuple]], list[list[_Op]]]:
             batch.append((op.name, op.args))
             owners.append([op])
     return batch, owners
-
-
-class ProcessWriter:
-    """The writer process (relay/journal/writer.py), spoken to over its stdin and stdout."""
-
-    def __init__(self, process: trio.Process):
-        self.process = process
-        self._answers = FrameReader(process.stdout)
-
-    @classmethod
-    async def start(cls, state_dir: Path) -> ProcessWriter:
-        process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "relay.journal.writer", str(state_dir)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-        )
-        writer = cls(process)
-        try:
-            ok, error = await writer._receive()
-        except BaseException:
-            await writer.aclose()
-            raise
-        if not ok:
-            await writer.aclose()
-            raise JournalError(error)
-        return writer
-
-    async def run(self, batch: list[tuple[str, tuple]]) -> list[tuple[bool, object]]:
-        await self.process.stdin.send_all(encode(batch))
-        return await self._receive()
-
-    async def _receive(self):
-        try:
-            return await self._answers.receive()
-        except EOFError:
-            raise JournalError(
-                f"the journal writer exited (status {self.process.poll()}); see its stderr"
-            ) from None
-
-    async def aclose(self) -> None:
-        """Close its input: it commits what it has and exits."""
-        await self.process.stdin.aclose()
-        with trio.move_on_after(30):
-            await self.process.wait()
-        if self.process.poll() is None:
-            log.error("the journal writer did not exit in 30 s; killing it")
-            self.process.kill()
-            await self.process.wait()
-        await self.process.stdout.aclose()
-
-
-class InlineWriter:
-    """SQL on the trio thread: no process, but the loop blocks for each commit.
-
-    Tests on trio's MockClock use it: while another process works, every task looks blocked and
-    the mock clock would jump past deadlines mid-commit.
-    """
-
-    def __init__(self, conn):
-        self.conn = conn
-
-    @classmethod
-    async def start(cls, state_dir: Path) -> InlineWriter:
-        try:
-            return cls(journal_sql.connect(state_dir))
-        except (OSError, journal_sql.sqlite3.Error, journal_sql.SchemaError) as e:
-            raise JournalError(str(e)) from e
-
-    async def run(self, batch):
-        await trio.lowlevel.checkpoint()
-        return journal_sql.run_batch(self.conn, batch)
-
-    async def aclose(self) -> None:
-        self.conn.close()

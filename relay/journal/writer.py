@@ -36,7 +36,7 @@ def main() -> int:
     source, sink = sys.stdin.buffer, sys.stdout.buffer
     try:
         conn = journal_sql.connect(Path(sys.argv[1]))
-    except (OSError, journal_sql.sqlite3.Error, journal_sql.SchemaError) as e:
+    except journal_sql.OPEN_ERRORS as e:
         sink.write(encode((False, str(e))))
         sink.flush()
         return 1

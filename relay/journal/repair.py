@@ -1,0 +1,380 @@
+"""``relay journal check`` and ``salvage``: what is wrong with a journal, and copying out of a
+damaged one every row that can still be read.
+
+Salvage reads the damaged file read-only, table by table in ranges of rowids (attempts by their
+deliveries' ids, bindings by key), each range on its own: a range that fails (a damaged page)
+is split in halves down to single rows, so that one bad page loses only the rows on it. This is
+SQLite's ``.recover`` idea in plain SQL: ``Connection.iterdump`` stops at the first error.
+What comes out goes into a new journal in another directory, never over the damaged one; a
+delivery whose event could not be read is left out (it could not be sent), and pending
+deliveries that a relay held in memory are recovered by the first run on the new journal.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+from attrs import Factory, define
+
+from relay.journal import integrity
+from relay.journal import sqlite as journal_sql
+
+STEP = 500  # rows per range read, and per transaction written
+GIVE_UP = 20  # steps in a row that read nothing, past the last readable row of a cut table
+EVENTS = "id, name, body, received_at"
+DELIVERIES = (
+    "id, event_id, webhook_id, state, attempts, next_at, created_at, updated_at, last_outcome"
+)
+
+
+class SalvageError(Exception):
+    """Salvage cannot start: the destination holds a journal, or the source cannot be opened."""
+
+
+def check(state_dir: Path) -> tuple[bool, list[str]]:
+    """Every check the relay makes at start, and ``quick_check`` whatever the journal's size;
+    ``(ok, lines to print)``. Read-only: a running relay is not disturbed."""
+    path = (state_dir / journal_sql.FILENAME).absolute()
+    try:
+        integrity.check_file(path)
+    except integrity.JournalDamaged as e:
+        return False, [str(e)]
+    if not path.exists():
+        return True, [f"{path}: no journal yet (a relay creates it when it first starts)"]
+    try:
+        conn = _open_source(path)
+    except SalvageError as e:
+        return False, [str(e)]
+    try:
+        problems = [f"quick_check: {p}" for p in integrity.quick_check(conn, limit=20)]
+        version = _read(conn, "PRAGMA user_version", problems)
+        tables = _tables(conn, problems)
+        if version and version[0][0] == 1:  # migrated at the next start: not a problem
+            tables["runs"] = journal_sql.COLUMNS["runs"]
+            tables.get("deliveries", set()).add("held_by")
+        if tables or not problems:
+            problems += journal_sql.schema_problems(tables)
+        counts = _read(
+            conn,
+            "SELECT (SELECT count(*) FROM events), state, count(*) FROM deliveries GROUP BY state",
+            problems,
+        )
+    finally:
+        conn.close()
+    if problems:
+        return False, [f"{path}: {p}" for p in problems] + [str(integrity.damaged(path, "above"))]
+    events = counts[0][0] if counts else 0
+    states = ", ".join(f"{n:,} {state}" for _, state, n in counts) or "none"
+    return True, [f"{path}: ok (schema {version[0][0]}; {events:,} events; deliveries: {states})"]
+
+
+@define
+class Salvaged:
+    """What salvage copied and what it could not read, per table."""
+
+    copied: dict[str, int] = Factory(dict)
+    unreadable: dict[str, list[str]] = Factory(dict)  # rowid ranges, keys, errors
+    left_out: dict[str, int] = Factory(dict)  # readable, but of no use (a delivery's event lost)
+
+    def lines(self) -> list[str]:
+        out = []
+        for table, n in self.copied.items():
+            line = f"{table}: {n:,} copied"
+            if left := self.left_out.get(table):
+                line += f", {left:,} left out (their event could not be read)"
+            out.append(line)
+            for problem in self.unreadable.get(table, []):
+                out.append(f"  could not read {problem}")
+        return out
+
+
+def salvage(source: Path, dest_dir: Path) -> Salvaged:
+    """Copy every readable event, delivery, attempt and binding of the journal ``source`` into
+    a new journal in ``dest_dir``."""
+    dest_path = dest_dir / journal_sql.FILENAME
+    if dest_path.exists() or integrity.marker_path(dest_path).exists():
+        raise SalvageError(f"{dest_dir} holds a journal already; salvage into a new directory")
+    src = _open_source(source)
+    report = Salvaged()
+    try:
+        dest = journal_sql.connect(dest_dir, start_run=False)
+        try:
+            _copy_rows(src, dest, "events", EVENTS, report)
+            _copy_rows(src, dest, "deliveries", DELIVERIES, report)
+            with dest:
+                # A delivery whose event is gone cannot be sent; one whose state is not one of
+                # the three came off a damaged page that still parsed.
+                orphans = dest.execute(
+                    "DELETE FROM deliveries WHERE event_id NOT IN (SELECT id FROM events)"
+                    " OR state NOT IN ('pending', 'delivered', 'failed')"
+                ).rowcount
+            report.left_out["deliveries"] = orphans
+            report.copied["deliveries"] -= orphans
+            _copy_attempts(src, dest, report)
+            _copy_bindings(src, dest, report)
+        finally:
+            dest.close()
+    finally:
+        src.close()
+    return report
+
+
+def _open_source(path: Path) -> sqlite3.Connection:
+    """``path`` read-only; ``immutable`` (its WAL unread) only when SQLite cannot open it so.
+
+    ``writable_schema`` (on a read-only connection: it writes nothing) lets SQLite read a file
+    shorter than its header says, page by page, where it would otherwise refuse the whole."""
+    if not path.exists():
+        raise SalvageError(f"{path}: no such file")
+    error: Exception | None = None
+    for query in ("mode=ro", "immutable=1"):
+        conn = sqlite3.connect(f"{path.absolute().as_uri()}?{query}", uri=True)
+        try:
+            conn.execute("PRAGMA writable_schema=ON")
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.DatabaseError as e:
+            conn.close()
+            error = e
+    raise SalvageError(f"{path}: SQLite cannot read it ({error})")
+
+
+def _read(conn, sql: str, problems: list[str]) -> list[tuple]:
+    try:
+        return conn.execute(sql).fetchall()
+    except sqlite3.DatabaseError as e:
+        problems.append(f"{sql.split()[0].lower()} failed: {e}")
+        return []
+
+
+def _tables(conn, problems: list[str]) -> dict[str, set[str]]:
+    names = _read(conn, "SELECT name FROM sqlite_master WHERE type = 'table'", problems)
+    return {
+        name: {row[1] for row in _read(conn, f"PRAGMA table_info({name})", problems)}
+        for (name,) in names
+    }
+
+
+def _copy_rows(src, dest, table: str, columns: str, report: Salvaged) -> None:
+    """Rows of a rowid table, with their rowids (they follow arrival: ``relay deliveries``
+    and recovery rely on that)."""
+    unreadable = report.unreadable.setdefault(table, [])
+    marks = ", ".join("?" * (columns.count(",") + 2))
+    insert = f"INSERT INTO {table} (rowid, {columns}) VALUES ({marks})"
+    copied, bad = 0, _Bad()
+    chunk: list[tuple] = []
+    for row in _rows(src, table, columns, unreadable, bad):
+        chunk.append(row)
+        if len(chunk) >= STEP:
+            copied += _insert(dest, insert, chunk, unreadable)
+            chunk = []
+    copied += _insert(dest, insert, chunk, unreadable)
+    unreadable[:0] = bad.ranges()
+    report.copied[table] = copied
+
+
+class _Bad:
+    """Rowids that could not be read (or do not exist: a damaged page hides which), and the
+    first error, reported as ranges."""
+
+    def __init__(self):
+        self.rowids: list[int] = []
+        self.error = ""
+
+    def add(self, rowid: int, error: Exception) -> None:
+        self.rowids.append(rowid)
+        self.error = self.error or str(error)
+
+    def ranges(self) -> list[str]:
+        out: list[list[int]] = []
+        for rowid in self.rowids:
+            if out and out[-1][1] == rowid - 1:
+                out[-1][1] = rowid
+            else:
+                out.append([rowid, rowid])
+        return [f"rowids {a}-{b} ({self.error})" for a, b in out]
+
+
+def _rows(src, table: str, columns: str, unreadable: list[str], bad: _Bad) -> Iterator[tuple]:
+    """Every readable row, ``STEP`` rowids at a time. When the highest rowid cannot be read
+    (a file cut short loses the table's last pages), step on until ``GIVE_UP`` steps in a row
+    read nothing, jumping over gaps that read as empty (retention deletes the oldest rows)."""
+    low, high = _rowid_bounds(src, table)
+    after, failing = low - 1, 0
+    while high is None or after < high:
+        upto = after + STEP if high is None else min(after + STEP, high)
+        rows = list(_range(src, table, columns, after, upto, bad))
+        yield from rows
+        if high is None and not rows:
+            try:
+                (following,) = src.execute(
+                    f"SELECT min(rowid) FROM {table} WHERE rowid > ?", (upto,)
+                ).fetchone()
+            except sqlite3.DatabaseError:
+                failing += 1
+                if failing >= GIVE_UP:
+                    unreadable.append(f"rowids past {upto}: the end of the table is unreadable")
+                    return
+            else:
+                if following is None:
+                    return
+                upto, failing = following - 1, 0
+        elif rows:
+            failing = 0
+        after = upto
+
+
+def _rowid_bounds(src, table: str) -> tuple[int, int | None]:
+    """The lowest and highest rowids: through the table's b-tree, else through an index (its
+    entries hold the rowids); 1 and None (not known) where neither can be read."""
+    try:
+        indexes = src.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?", (table,)
+        ).fetchall()
+    except sqlite3.DatabaseError:
+        indexes = []
+    sources = [table] + [f"{table} INDEXED BY {name}" for (name,) in indexes]
+    bounds: list[int | None] = []
+    for function in ("min", "max"):
+        for source in sources:
+            try:
+                (found,) = src.execute(f"SELECT {function}(rowid) FROM {source}").fetchone()
+            except sqlite3.DatabaseError:
+                continue
+            bounds.append(0 if found is None else found)
+            break
+        else:
+            bounds.append(None)
+    low, high = bounds
+    return (1 if low is None else low), high
+
+
+def _range(src, table, columns, after: int, upto: int, bad: _Bad) -> Iterator[tuple]:
+    """The rows with rowids in ``(after, upto]``; where reading fails, the rows before the
+    failure, then each half of the rest on its own, down to single rows."""
+    got: list[tuple] = []
+    query = f"SELECT rowid, {columns} FROM {table} WHERE rowid > ? AND rowid <= ? ORDER BY rowid"
+    try:
+        for row in src.execute(query, (after, upto)):
+            got.append(row)
+    except sqlite3.DatabaseError as e:
+        yield from got
+        if got:
+            after = got[-1][0]
+        if upto - after <= 1:
+            if upto > after:
+                bad.add(upto, e)
+            return
+        middle = (after + upto) // 2
+        yield from _range(src, table, columns, after, middle, bad)
+        yield from _range(src, table, columns, middle, upto, bad)
+        return
+    yield from got
+
+
+def _insert(dest, sql: str, rows: list[tuple], unreadable: list[str]) -> int:
+    """Insert ``rows`` in one transaction; when that fails (a value that damage made NULL,
+    say), each row on its own. Returns how many went in."""
+    if not rows:
+        return 0
+    try:
+        _transaction(dest, lambda: dest.executemany(sql, rows))
+        return len(rows)
+    except sqlite3.Error:
+        pass
+    copied = 0
+    for row in rows:
+        try:
+            dest.execute(sql, row)
+            copied += 1
+        except sqlite3.Error as e:
+            unreadable.append(f"{row[0]}: its values do not fit the table ({e})")
+    return copied
+
+
+def _transaction(conn, work) -> None:
+    conn.execute("BEGIN IMMEDIATE")  # the journal's connection is in autocommit mode
+    try:
+        work()
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _copy_attempts(src, dest, report: Salvaged) -> None:
+    """Attempts by the ids of the deliveries copied (the table has no rowids to range over);
+    a chunk that fails is read one delivery at a time."""
+    insert = "INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?, ?)"
+    select = "SELECT delivery_id, number, started_at, duration, status, error FROM attempts"
+    ids = [
+        i for (i,) in dest.execute("SELECT id FROM deliveries WHERE attempts > 0 ORDER BY rowid")
+    ]
+    copied, lost, error = 0, [], None
+    unreadable = report.unreadable.setdefault("attempts", [])
+    for start in range(0, len(ids), STEP):
+        chunk = ids[start : start + STEP]
+        try:
+            rows = src.execute(
+                f"{select} WHERE delivery_id IN ({','.join('?' * len(chunk))})", chunk
+            ).fetchall()
+        except sqlite3.DatabaseError:
+            rows = []
+            for delivery_id in chunk:
+                try:
+                    rows += src.execute(f"{select} WHERE delivery_id = ?", (delivery_id,))
+                except sqlite3.DatabaseError as e:
+                    lost.append(delivery_id)
+                    error = e
+        copied += _insert(dest, insert, rows, unreadable)
+    if lost:
+        unreadable.append(
+            f"the attempts of {len(lost):,} deliveries ({lost[0]} ... {lost[-1]}; {error})"
+        )
+    report.copied["attempts"] = copied
+
+
+def _copy_bindings(src, dest, report: Salvaged) -> None:
+    """Bindings in key order; past a damaged page, the keys that their expiry index (a b-tree
+    of its own, which holds them) can still list, each row looked up alone."""
+    unreadable = report.unreadable.setdefault("bindings", [])
+    insert = "INSERT OR REPLACE INTO bindings VALUES (?, ?, ?)"
+    select = "SELECT message_id, webhook_id, expires_at FROM bindings"
+    rows: list[tuple] = []
+    try:
+        for row in src.execute(f"{select} ORDER BY message_id"):
+            rows.append(row)
+    except sqlite3.DatabaseError as e:
+        error = e
+    else:
+        report.copied["bindings"] = _insert(dest, insert, rows, unreadable)
+        return
+    copied = _insert(dest, insert, rows, unreadable)
+    keys: list[str] = []
+    try:
+        for (key,) in src.execute(
+            "SELECT message_id FROM bindings INDEXED BY bindings_by_expiry"
+            " WHERE expires_at > -1e308"
+        ):
+            keys.append(key)
+    except sqlite3.DatabaseError as e:
+        unreadable.append(
+            f"the keys of bindings through their expiry index, past {len(keys)} ({e})"
+        )
+    more, listed, lost = [], 0, 0
+    for key in keys:
+        if dest.execute("SELECT 1 FROM bindings WHERE message_id = ?", (key,)).fetchone():
+            continue
+        listed += 1
+        try:
+            more += src.execute(f"{select} WHERE message_id = ?", (key,))
+        except sqlite3.DatabaseError:
+            lost += 1
+    copied += _insert(dest, insert, more, unreadable)
+    unreadable.append(
+        f"bindings past message id {rows[-1][0] if rows else ''!r} in key order ({error});"
+        f" past it, their expiry index listed {listed:,} more, {lost:,} of them unreadable"
+    )
+    report.copied["bindings"] = copied
