@@ -30,8 +30,19 @@ from relay.plugins.loading import plugin_file_digests
 
 log = logging.getLogger(__name__)
 
-# [relay] settings that a reload cannot change in a running relay.
-RESTART_KEYS = ("listen", "socket", "state_dir", "plugins", "plugins_dir", "journal", "delivery")
+# [relay] settings that a reload cannot change in a running relay (logging is set up once, in
+# each process, at start).
+RESTART_KEYS = (
+    "listen",
+    "socket",
+    "state_dir",
+    "plugins",
+    "plugins_dir",
+    "journal",
+    "delivery",
+    "log",
+    "log_level",
+)
 IN_USE = "is a relay already running with this file?"
 
 
@@ -169,12 +180,14 @@ class Relay:
         if not remote:
             self.dispatcher.reconfigure(new)
         before, after = {w.id for w in old.webhooks}, {w.id for w in new.webhooks}
+        added, removed = sorted(after - before), sorted(before - after)
         log.info(
             "reloaded %s: %d webhooks (added: %s; removed: %s)",
             new.path.name,
             len(after),
-            ", ".join(sorted(after - before)) or "none",
-            ", ".join(sorted(before - after)) or "none",
+            ", ".join(added) or "none",
+            ", ".join(removed) or "none",
+            extra={"webhooks": len(after), "added": added, "removed": removed},
         )
         if restart_needed:
             log.warning(
@@ -183,8 +196,8 @@ class Relay:
         return {
             "reloaded": True,
             "webhooks": sorted(after),
-            "added": sorted(after - before),
-            "removed": sorted(before - after),
+            "added": added,
+            "removed": removed,
             "restart_needed": restart_needed,
         }
 

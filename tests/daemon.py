@@ -47,8 +47,9 @@ def add_plugin(tmp_path: Path, name: str, source: str) -> None:
 class Daemon:
     running: list["Daemon"] = []  # what a failed test left behind is killed (conftest.py)
 
-    def __init__(self, config: Path):
+    def __init__(self, config: Path, args: tuple[str, ...] = ()):
         self.config = config
+        self.args = args  # more arguments for relay run (--log json)
         self.log = config.parent / "relay.log"
         self.process: trio.Process | None = None
         self.url = ""
@@ -57,7 +58,7 @@ class Daemon:
         """Start it; ``start()`` also waits until it takes events."""
         self.log.write_text("")
         self.process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "relay", "run", "--config", str(self.config)],
+            [sys.executable, "-m", "relay", "run", "--config", str(self.config), *self.args],
             stdout=subprocess.DEVNULL,
             stderr=self.log.open("a"),
         )

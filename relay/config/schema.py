@@ -189,6 +189,7 @@ class RelaySettings:
     # Seconds a finished delivery (and its event) stays in the journal; 0 keeps all forever.
     retention: float = field(default=86400.0, validator=_not_negative)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log: Literal["text", "json"] = "text"  # json: one object per line (relay/logs.py)
     watch: bool = False  # reload when the file changes
     # "process": SQLite in a writer process (default); "inline": on the relay's trio thread.
     journal: Literal["process", "inline"] = "process"

@@ -59,7 +59,7 @@ class Attempts:
         except PluginFailed as e:
             if isinstance(e.error, PermanentFailure):
                 return None, Outcome(duration=elapsed(), error=str(e), permanent=True)
-            log.warning("delivery %s to %s: %s", delivery.id, webhook.id, e)
+            # Not logged here: the dispatcher logs every attempt's outcome, this error in it.
             return None, Outcome(duration=elapsed(), error=str(e))
 
         transport = self.transports[webhook.transport]
@@ -122,7 +122,15 @@ class Attempts:
             try:
                 observe(webhook=webhook, delivery=delivery, request=request, outcome=outcome)
             except Exception:  # noqa: BLE001 - an observer must not lose the outcome
-                log.exception("plugin %s (attempt_finished) failed", plugin)
+                log.exception(
+                    "plugin %s (attempt_finished) failed",
+                    plugin,
+                    extra={
+                        "webhook": webhook.id,
+                        "delivery_id": delivery.id,
+                        "event_id": delivery.event.id,
+                    },
+                )
 
 
 def _in_call_order(hook) -> list[tuple[str, object]]:
