@@ -22,7 +22,7 @@ import math
 import os
 import re
 from typing import Literal
-from urllib.parse import quote_plus
+from urllib.parse import quote_plus, urlsplit
 
 import httpx
 import trio
@@ -41,6 +41,16 @@ class TokenError(Exception):
 def _url_problem(url: str) -> str | None:
     if not url.startswith(("http://", "https://")):
         return "must start with http:// or https://"
+    try:
+        netloc = urlsplit(url).netloc
+    except ValueError:  # its text may quote the URL
+        return "not a valid URL"
+    # Errors and logs name the endpoint by its URL: a password in it would show there.
+    if "@" in netloc:
+        return (
+            "credentials in the URL (user:password@) are not allowed; use client_id and "
+            "client_secret"
+        )
 
 
 def _env_problem(name: str) -> str | None:

@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 
 ADMIN_MAX_BODY = 64 * 1024  # no admin request needs a body yet
 
-# [relay] settings that a reload cannot change in a running relay.
+# [relay] settings that a reload cannot change in a running relay (logging is set up once, in
+# each process, at start).
 RESTART_KEYS = (
     "listen",
     "socket",
@@ -45,6 +46,8 @@ RESTART_KEYS = (
     "journal",
     "delivery",
     "allow_networks",  # the transports hold it, and they are opened once
+    "log",
+    "log_level",
 )
 
 
@@ -208,12 +211,14 @@ class Relay:
         if not remote:
             self.dispatcher.reconfigure(new)
         before, after = {w.id for w in old.webhooks}, {w.id for w in new.webhooks}
+        added, removed = sorted(after - before), sorted(before - after)
         log.info(
             "reloaded %s: %d webhooks (added: %s; removed: %s)",
             new.path.name,
             len(after),
-            ", ".join(sorted(after - before)) or "none",
-            ", ".join(sorted(before - after)) or "none",
+            ", ".join(added) or "none",
+            ", ".join(removed) or "none",
+            extra={"webhooks": len(after), "added": added, "removed": removed},
         )
         if restart_needed:
             log.warning(
@@ -222,8 +227,8 @@ class Relay:
         return {
             "reloaded": True,
             "webhooks": sorted(after),
-            "added": sorted(after - before),
-            "removed": sorted(before - after),
+            "added": added,
+            "removed": removed,
             "restart_needed": restart_needed,
         }
 

@@ -48,8 +48,9 @@ def add_plugin(tmp_path: Path, name: str, source: str) -> None:
 class Daemon:
     running: list["Daemon"] = []  # what a failed test left behind is killed (conftest.py)
 
-    def __init__(self, config: Path, preexec_fn=None):
+    def __init__(self, config: Path, args: tuple[str, ...] = (), preexec_fn=None):
         self.config = config
+        self.args = args  # more arguments for relay run (--log json)
         self.preexec_fn = preexec_fn  # run in the child before exec: limits, say
         self.log = config.parent / "relay.log"
         self.process: trio.Process | None = None
@@ -59,7 +60,7 @@ class Daemon:
         """Start it; ``start()`` also waits until it takes events."""
         self.log.write_text("")
         self.process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "relay", "run", "--config", str(self.config)],
+            [sys.executable, "-m", "relay", "run", "--config", str(self.config), *self.args],
             stdout=subprocess.DEVNULL,
             stderr=self.log.open("a"),
             preexec_fn=self.preexec_fn,

@@ -16,7 +16,7 @@ from relay.cli import checking, deliveries, journal, listen, running, send, stat
 from relay.cli.common import CommandError, add_config_option
 
 COMMANDS = {
-    "run": (running.cmd_run, add_config_option),
+    "run": (running.cmd_run, running.add_run_arguments),
     "check": (checking.cmd_check, add_config_option),
     "reload": (running.cmd_reload, add_config_option),
     "send": (send.cmd_send, send.add_arguments),

@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
+import os
 import sys
 
 import trio
 
 from relay import config as config_module
-from relay.cli.common import CommandError, admin_request, first_error, ingest_request, load
+from relay.cli.common import (
+    CommandError,
+    add_config_option,
+    admin_request,
+    first_error,
+    ingest_request,
+    load,
+)
 from relay.journal import JournalError
 from relay.journal.lock import StateDirLocked
+from relay.logs import FORMATS, OVERRIDE
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_option(parser)
+    parser.add_argument(
+        "--log", choices=FORMATS, help="the log format, instead of [relay] log (default: text)"
+    )
 
 
 def cmd_run(args) -> int:
@@ -20,7 +37,13 @@ def cmd_run(args) -> int:
     from relay.startup import StartError
 
     config, pm, components = load(args.config)
-    config_module.configure_logging(config)
+    # The delivery process reads the file itself: the environment tells it about --log, and
+    # without --log nothing inherited may make it log otherwise than this process.
+    if args.log:
+        os.environ[OVERRIDE] = args.log
+    else:
+        os.environ.pop(OVERRIDE, None)
+    config_module.configure_logging(config, args.log)
     log = logging.getLogger("relay")
     status = 0
     try:

@@ -64,8 +64,11 @@ def cmd_webhooks(args) -> int:
 
 def _pair(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    # Not quoted: "Authorization: Bearer ..." (a colon for the "=") is a header and its token.
+    if not sep:
+        raise argparse.ArgumentTypeError("expected KEY=VALUE, got no '='")
+    if not key:
+        raise argparse.ArgumentTypeError("expected KEY=VALUE, got nothing before the '='")
     return key, value
 
 

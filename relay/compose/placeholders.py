@@ -102,11 +102,14 @@ class Template:
         return "".join(out)
 
 
-def parse(source: str, secrets: Mapping[str, str], *, url: bool = False) -> Template:
+def parse(
+    source: str, secrets: Mapping[str, str], *, url: bool = False, quote: bool = True
+) -> Template:
     """Compile ``source``; raise TemplateError on a malformed placeholder or an unknown secret.
 
     In a URL, ``%`` followed by two hex digits is percent-encoding unless it starts a declared
-    secret's reference, so ``%C3%A9`` stays as written.
+    secret's reference, so ``%C3%A9`` stays as written. With ``quote=False`` the errors quote
+    none of ``source``: a header's value may be a token written in as it is.
     """
     parts: list[Part] = []
     literal: list[str] = []
@@ -117,15 +120,17 @@ def parse(source: str, secrets: Mapping[str, str], *, url: bool = False) -> Temp
         if name is None:
             end = source.find("}}", match.end())
             if end < 0:
-                raise TemplateError(f"unclosed {source[match.start() :][:40]!r}: missing }}}}")
+                what = repr(source[match.start() :][:40]) if quote else "@{{..."
+                raise TemplateError(f"unclosed {what}: missing }}}}")
             inner = source[match.end() : end]
             written = source[match.start() : end + 2]
             if not inner:
                 raise TemplateError("empty placeholder @{{}}")
             if not _PATH.match(inner):
                 raise TemplateError(
-                    f"bad placeholder {written}: a path is names or list indexes joined by "
-                    "dots, like @{{payload.recipient.from}} or @{{payload.channels.0.to}}"
+                    f"bad placeholder {written if quote else '@{{...}}'}: a path is names or "
+                    "list indexes joined by dots, like @{{payload.recipient.from}} or "
+                    "@{{payload.channels.0.to}}"
                 )
             parts.extend(_flush(literal))
             parts.append(Placeholder(path=tuple(inner.split(".")), source=written))
@@ -139,7 +144,8 @@ def parse(source: str, secrets: Mapping[str, str], *, url: bool = False) -> Temp
             pos = match.start() + 1
         else:
             declared = ", ".join(sorted(secrets)) or "none"
-            raise TemplateError(f"unknown secret %{name}% (declared in [secrets]: {declared})")
+            what = f"%{name}%" if quote else "%...%"
+            raise TemplateError(f"unknown secret {what} (declared in [secrets]: {declared})")
     literal.append(source[pos:])
     parts.extend(_flush(literal))
     return Template(parts=tuple(parts))

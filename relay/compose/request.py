@@ -295,7 +295,7 @@ def _compile_headers(headers, multipart: bool, secrets, problems: Problems):
             problems.append((place, "multipart bodies set it, with their boundary; remove it"))
             continue
         try:
-            template = parse(source, secrets)
+            template = parse(source, secrets, quote=False)  # errors may name the header only
         except TemplateError as e:
             problems.append((place, str(e)))
             continue

@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import logging
 import os
-import sys
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import attrs
 import cattrs
 from cattrs.gen import make_dict_structure_fn, override
 
+from relay import logs
 from relay.compose import compile_request, resolve_secrets
 from relay.config.schema import (
     WEBHOOK_ID,
@@ -52,6 +51,7 @@ def converter() -> cattrs.Converter:
         lambda t: t == list[str], lambda v, t: list(_one_or_more("a string")(v, t))
     )
     c.register_structure_hook_func(lambda t: t == dict[str, Any] | None, _structure_table)
+    c.register_structure_hook_func(lambda t: get_origin(t) is Literal, _structure_choice)
     c.register_structure_hook(
         Webhook,
         make_dict_structure_fn(
@@ -99,6 +99,14 @@ def _structure_secret(value, _):
     if isinstance(value, str):
         return value
     raise TypeError(f"expected a string or a non-empty array of strings, got {_describe(value)}")
+
+
+def _structure_choice(value, choices):
+    """``log = "xml"``: name the choices, as the validators do (cattrs says "unknown error")."""
+    if isinstance(value, str) and value in get_args(choices):
+        return value
+    got = repr(value) if isinstance(value, str) else _describe_value(value)
+    raise ValueError(f"must be one of {', '.join(get_args(choices))}, got {got}")
 
 
 def _structure_table(value, _):
@@ -179,13 +187,10 @@ def _format_exception(exc: BaseException, type_) -> str:
     return cattrs.v.format_exception(exc, type_)
 
 
-def configure_logging(config: Config) -> None:
-    """Log lines to stderr at ``[relay] log_level``: the same in each of relay's processes."""
-    logging.basicConfig(
-        level=config.relay.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def configure_logging(config: Config, log_format: str | None = None) -> None:
+    """Log lines to stderr at ``[relay] log_level`` in ``[relay] log``'s format, or in
+    ``log_format`` when given (``relay run --log``): the same in each of relay's processes."""
+    logs.configure(config.relay.log_level, log_format or config.relay.log)
 
 
 def load(path: str | Path) -> Config:

@@ -77,18 +77,33 @@ def _webhook_id(value):
         return "must be 1-128 letters, digits or '_.:-', starting with a letter or digit"
 
 
+# relay's HTTP client sends no userinfo, and a URL is shown by relay check, webhooks list and
+# in logs: a password there would be dropped on the wire and printed everywhere else.
+URL_CREDENTIALS = (
+    "credentials in the URL (user:password@) are not sent; use headers = "
+    '{ Authorization = "Basic %creds%" } with creds (base64 of user:password) in [secrets]'
+)
+
+
 @validator
 def _url(value):
-    """Static scheme, host and port: no event can redirect a request to another host."""
+    """Static scheme, host and port: no event can redirect a request to another host. No
+    message quotes the URL's authority, which may hold a password."""
     try:
         parts = urlsplit(value)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError as e:
-        return f"not a valid URL ({e})"
+    except ValueError as e:  # its text may quote the authority
+        reason = "an unclosed [ in the host" if "IPv6" in str(e) else "a host it cannot use"
+        return f"not a valid URL ({reason})"
     if parts.scheme not in ("http", "https"):
         return "must start with http:// or https://"
     if PLACEHOLDER_OPEN in parts.netloc or PLACEHOLDER_OPEN in parts.scheme:
         return "placeholders may not appear in the scheme, host or port"
+    if "@" in parts.netloc:
+        return URL_CREDENTIALS
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return "not a valid URL (the port must be a number from 0 to 65535)"
     if not parts.hostname:
         return "has no host"
 
@@ -205,6 +220,7 @@ class RelaySettings:
     # other non-global address (loopback, private, CGNAT, unique-local) is refused.
     allow_networks: tuple[str, ...] = field(default=(), validator=_networks)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log: Literal["text", "json"] = "text"  # json: one object per line (relay/logs.py)
     watch: bool = False  # reload when the file changes
     # "process": SQLite in a writer process (default); "inline": on the relay's trio thread.
     journal: Literal["process", "inline"] = "process"

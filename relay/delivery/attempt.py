@@ -138,7 +138,7 @@ class Attempts:
             if isinstance(e.error, PermanentFailure):
                 run.outcome = Outcome(duration=run.elapsed(), error=str(e), permanent=True)
             else:
-                log.warning("delivery %s to %s: %s", delivery.id, webhook.id, e)
+                # Not logged here: the dispatcher logs every attempt's outcome, this error in it.
                 run.outcome = Outcome(duration=run.elapsed(), error=str(e))
             return
         request = run.request
@@ -239,7 +239,15 @@ class Attempts:
             try:
                 observe(webhook=webhook, delivery=delivery, request=request, outcome=outcome)
             except Exception:  # noqa: BLE001 - an observer must not lose the outcome
-                log.exception("plugin %s (attempt_finished) failed", plugin)
+                log.exception(
+                    "plugin %s (attempt_finished) failed",
+                    plugin,
+                    extra={
+                        "webhook": webhook.id,
+                        "delivery_id": delivery.id,
+                        "event_id": delivery.event.id,
+                    },
+                )
 
 
 def _in_call_order(hook) -> list[tuple[str, object]]:

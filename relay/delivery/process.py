@@ -49,6 +49,7 @@ from relay.config import configure_logging
 from relay.delivery.dispatch import Dispatcher
 from relay.journal import Journal, JournalError
 from relay.journal.frames import FrameReader, encode
+from relay.logs import OVERRIDE
 from relay.model import Delivery, Event
 from relay.plugins import Components, PluginError, close_transports, load_with_plugins
 
@@ -192,7 +193,7 @@ def main() -> int:
     except PluginError as e:
         os.write(out_fd, encode(("failed", str(e))))
         return 1
-    configure_logging(config)
+    configure_logging(config, os.environ.get(OVERRIDE))  # relay run --log, if given
     worker = DeliveryWorker(config, pm, components)
     fds = (commands_fd, out_fd, int(answers_fd))
     status = 0

@@ -37,7 +37,8 @@ class System:
         return self.proc.pid
 
     async def _await_addresses(self, err: Path) -> None:
-        found = await wait_for_line(err, r"taking events on (\S+)", self.proc, count=2)
+        # [^\s"]: the address ends at the quote of a JSON log line too (log = "json")
+        found = await wait_for_line(err, r'taking events on ([^\s"]+)', self.proc, count=2)
         for address in found:
             if address.startswith("/"):
                 self.uds = address
