@@ -26,6 +26,7 @@ from relay.config.schema import (
     Config,
     ConfigError,
     DeliverySettings,
+    Duration,
     FieldError,
     RelaySettings,
     Webhook,
@@ -42,6 +43,7 @@ def converter() -> cattrs.Converter:
     c.register_structure_hook(float, lambda v, _: float(_expect(v, (int, float))))
     c.register_structure_hook(int, lambda v, _: _expect(v, int))
     c.register_structure_hook(bool, lambda v, _: _expect_bool(v))
+    c.register_structure_hook(Duration, lambda v, _: Duration.parse(v))
     secret_type = str | tuple[str, ...] | None
     c.register_structure_hook_func(lambda t: t == secret_type, _structure_secret)
     c.register_structure_hook_func(lambda t: t == dict[str, Any], lambda v, _: dict(v))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import inspect
 import logging
+import time
+from email.utils import parsedate_to_datetime
 
 import pluggy
 import trio
@@ -77,7 +79,10 @@ class Attempts:
             return request, Outcome(
                 duration=elapsed(), error=f"no response within {webhook.timeout:g} s"
             )
-        return request, Outcome(duration=elapsed(), status=response.status)
+        retry_after = None
+        if response.status in (429, 503):
+            retry_after = parse_retry_after(_header(response, "retry-after"), time.time())
+        return request, Outcome(duration=elapsed(), status=response.status, retry_after=retry_after)
 
     async def build_request(self, webhook: Webhook, delivery: Delivery) -> Request:
         """Render, let plugins prepare, then sign: the signature covers the final body."""
@@ -123,6 +128,27 @@ class Attempts:
                 observe(webhook=webhook, delivery=delivery, request=request, outcome=outcome)
             except Exception:  # noqa: BLE001 - an observer must not lose the outcome
                 log.exception("plugin %s (attempt_finished) failed", plugin)
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """``Retry-After``'s seconds from ``now`` (RFC 9110: delay-seconds or an HTTP date); None
+    when absent or unreadable (the retry policy's own delay applies)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        at = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if at.tzinfo is None:  # an HTTP date is GMT; a date without a zone is read as such
+        return None
+    return max(0.0, at.timestamp() - now)
+
+
+def _header(response: Response, name: str) -> str | None:
+    return next((v for k, v in response.headers if k.lower() == name), None)
 
 
 def _in_call_order(hook) -> list[tuple[str, object]]:

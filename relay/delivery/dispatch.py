@@ -22,7 +22,9 @@ import trio
 from relay.clock import Clock
 from relay.config import Config, Webhook
 from relay.delivery.attempt import Attempts
+from relay.delivery.health import Health
 from relay.journal import Journal, JournalError
+from relay.journal.states import WebhookState
 from relay.model import Delivery
 from relay.plugins import Components
 
@@ -50,12 +52,17 @@ class Lane:
         # True when a delivery found no room: the scheduler must look in the journal again
         # once this lane has drained.
         self.overflowed = False
+        # False while the webhook is disabled (relay/delivery/health.py): what reaches the
+        # lane goes back to the journal, unattempted, and the scheduler claims nothing for it.
+        self.enabled = webhook.enabled
 
     def room(self) -> int:
         return self.queue - self._send.statistics().current_buffer_used
 
     def offer(self, deliveries: Iterable[Delivery]) -> list[Delivery]:
         """Queue what fits; return the rest."""
+        if not self.enabled:
+            return list(deliveries)
         rest = []
         for delivery in deliveries:
             try:
@@ -110,6 +117,9 @@ class Lane:
             if self.stopped:
                 self._leftover.append(delivery)
                 continue
+            if not self.enabled:  # disabled after it was queued: it sleeps, unattempted
+                await dispatcher.journal.put_to_sleep([delivery.id], dispatcher.clock.now())
+                continue
             if self.overflowed and self.room() > self.queue // 2:
                 self.overflowed = False
                 dispatcher.scheduler.wake()
@@ -155,6 +165,8 @@ class Scheduler:
         now = self.clock.now()
         with_room = []
         for webhook_id, lane in list(self.lanes.items()):  # a reload may change them
+            if not lane.enabled:  # its deliveries sleep until it is enabled (wake)
+                continue
             room = lane.room()
             if room <= 0:
                 lane.overflowed = True
@@ -196,9 +208,11 @@ class Dispatcher:
         self.lanes = {w.id: Lane(w, config.relay.queue) for w in config.webhooks}
         self.scheduler = Scheduler(journal, clock, self.lanes)
         self._scheduler_scope = trio.CancelScope()
+        self.health = Health()
 
     async def run(self) -> None:
         """Run lanes and scheduler until cancelled; attempts in flight are cancelled with them."""
+        await self.refresh_states()  # before any lane works: a disabled one attempts nothing
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for lane in self.lanes.values():
@@ -233,7 +247,27 @@ class Dispatcher:
                 lane.resize()
         for webhook_id in set(self.lanes) - {w.id for w in config.webhooks}:
             self.lanes.pop(webhook_id).stop()
-        self.scheduler.wake()
+        self._apply_states()
+
+    # -- disabled webhooks (relay/delivery/health.py) -------------------------------------
+
+    async def refresh_states(self) -> None:
+        """Read the journal's webhook states (at start, and on reload: a command may have
+        written one meanwhile)."""
+        self.health.load(await self.journal.webhook_states())
+        self._apply_states()
+
+    async def set_enabled(self, webhook_id: str, enabled: bool, reason: str | None = None):
+        """Disable or enable ``webhook_id`` until told otherwise, restarts included."""
+        state = WebhookState(webhook_id, enabled, reason, self.clock.now())
+        self.health.set(state)  # first: attempts ending meanwhile see it
+        self._apply_states()
+        await self.journal.set_webhook_state(webhook_id, enabled, reason, state.changed_at)
+
+    def _apply_states(self) -> None:
+        for lane in self.lanes.values():
+            lane.enabled = self.health.enabled(lane.webhook)
+        self.scheduler.wake()  # an enabled lane's deliveries are due
 
     async def recover(self, previous_run: int, run_start: float) -> None:
         """Resume what the previous run held in memory when it ended (kill -9, power loss).
@@ -267,7 +301,8 @@ class Dispatcher:
         request, outcome = await self.attempts(webhook, delivery)
         self.attempts.finished(webhook, delivery, request, outcome)
         next_at = None
-        if not outcome.ok and not outcome.permanent:
+        # 410 Gone: the webhook is no more; no retry, and it is disabled below.
+        if not outcome.ok and not outcome.permanent and outcome.status != 410:
             delay = self._retry_delay(webhook, delivery, outcome)
             if delay is not None:
                 next_at = started_at + outcome.duration + delay
@@ -290,6 +325,17 @@ class Dispatcher:
                 delivery.attempts,
                 outcome.describe(),
             )
+        if outcome.ok:
+            self.health.succeeded(webhook)
+        else:
+            await self._failed(webhook, request, outcome, started_at)
+
+    async def _failed(self, webhook, request, outcome, started_at) -> None:
+        url = request.url if request is not None else None
+        reason = self.health.failed(webhook, url, outcome.status, started_at)
+        if reason is not None and self.health.enabled(webhook):
+            log.warning("webhook %s disabled: %s", webhook.id, reason)
+            await self.set_enabled(webhook.id, False, reason)
 
     def _retry_delay(self, webhook, delivery, outcome) -> float | None:
         policy = self.components.retry_policies[webhook.retry]

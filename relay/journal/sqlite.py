@@ -64,6 +64,15 @@ CREATE TABLE IF NOT EXISTS bindings (
     expires_at REAL NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS bindings_by_expiry ON bindings (expires_at);
+-- Webhooks switched off while their settings stay (relay webhooks disable, a 410 Gone,
+-- disable_after): a disabled webhook's deliveries sleep in the journal, unattempted, until it
+-- is enabled. One row per webhook whose state ever changed; relay/journal/states.py.
+CREATE TABLE IF NOT EXISTS webhook_state (
+    webhook_id TEXT PRIMARY KEY,
+    enabled INTEGER NOT NULL,
+    reason TEXT,
+    changed_at REAL NOT NULL
+) WITHOUT ROWID;
 """
 
 
@@ -285,6 +294,21 @@ def prune(conn, after, cutoff, limit):
     return last_seen, len(gone), len(rows) == limit and last_received < cutoff
 
 
+def set_webhook_state(conn, webhook_id, enabled, reason, changed_at):
+    """Disable (``enabled`` false) or enable ``webhook_id``, saying why."""
+    conn.execute(
+        "INSERT OR REPLACE INTO webhook_state VALUES (?, ?, ?, ?)",
+        (webhook_id, int(enabled), reason, changed_at),
+    )
+
+
+def webhook_states(conn):
+    """Every ``(webhook_id, enabled, reason, changed_at)``: a few rows, one per webhook."""
+    return [
+        (w, bool(e), r, c) for w, e, r, c in conn.execute("SELECT * FROM webhook_state").fetchall()
+    ]
+
+
 OPERATIONS = {
     op.__name__: op
     for op in (
@@ -299,6 +323,8 @@ OPERATIONS = {
         bind,
         has_bindings,
         expire_bindings,
+        set_webhook_state,
+        webhook_states,
     )
 }
 
