@@ -5,6 +5,7 @@ plugin (see tests/conftest.py start_with_transport), and where what goes on the 
 (3xx) a raw receiver on loopback answers.
 """
 
+import functools
 import logging
 import sqlite3
 
@@ -215,3 +216,47 @@ def test_disable_after_and_enabled_are_checked(tmp_path):
     ]
     hook = make_config(tmp_path, [{"id": "a", "url": "http://x/", "disable_after": "5d"}])
     assert hook.webhooks[0].disable_after == 5 * 86400
+
+
+async def test_a_3xx_is_a_failure_and_never_followed(nursery, tmp_path, start_relay, receiver):
+    """On the wire: a raw server answers 302 with a Location at a receiver that would accept."""
+    paths = []
+
+    async def redirect(stream):
+        data = b""
+        while b"\r\n\r\n" not in data:
+            if not (chunk := await stream.receive_some(65536)):
+                return
+            data += chunk
+        paths.append(data.split(b" ")[1])
+        await stream.send_all(
+            b"HTTP/1.1 302 Found\r\nLocation: "
+            + receiver.url.encode()
+            + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        await stream.aclose()
+
+    listeners = await nursery.start(
+        functools.partial(trio.serve_tcp, redirect, 0, host="127.0.0.1")
+    )
+    port = listeners[0].socket.getsockname()[1]
+    from tests.conftest import no_retry_delay, seed_events
+
+    running = await start_relay(
+        [
+            {
+                "id": "crm",
+                "url": f"http://127.0.0.1:{port}/old",
+                "tries": 2,
+                "backoff": no_retry_delay(),
+            }
+        ]
+    )
+    assert (await running.post(seed_events()[0])).status_code == 202
+    with trio.fail_after(10):
+        while rows(running.relay, "SELECT state FROM deliveries") != [("failed",)]:
+            await trio.sleep(0.02)
+    assert paths == [b"/old", b"/old"]  # retried at the same URL
+    assert receiver.requests == []  # never followed
+    assert rows(running.relay, "SELECT last_outcome FROM deliveries") == [("HTTP 302",)]
+    assert rows(running.relay, "SELECT COUNT(*) FROM webhook_state") == [(0,)]
