@@ -232,6 +232,16 @@ class Relay:
             "restart_needed": restart_needed,
         }
 
+    async def set_webhook_enabled(
+        self, webhook_id: str, enabled: bool, reason: str | None = None
+    ) -> None:
+        """Disable or enable a webhook of the configuration (relay/delivery/health.py); it
+        holds across restarts until changed again. Raises KeyError for an unknown id."""
+        if self.config.webhook(webhook_id) is None:
+            raise KeyError(webhook_id)
+        await self.journal.set_webhook_state(webhook_id, enabled, reason, self.clock.now())
+        await self.dispatcher.refresh_states()
+
     async def try_reload(self) -> tuple[bool, dict]:
         """``reload()`` for signals and the API, one at a time: an invalid file is logged, never
         raised."""
@@ -243,6 +253,9 @@ class Relay:
             log.warning("reload ignored: the relay is stopping")
             return False, {"error": "the relay is stopping; reload ignored", "problems": []}
         try:
+            # First, and whatever the file holds: `relay webhooks disable` writes the journal
+            # and reloads, and must not depend on an unrelated edit being valid.
+            await self.dispatcher.refresh_states()
             return True, await self.reload()
         except ConfigError as e:
             problems = e.errors

@@ -49,13 +49,15 @@ class Outcome:
 
     ``status`` is the HTTP status when an answer came; ``error`` says what went wrong otherwise
     (or which plugin failed). ``permanent`` means no later attempt can do better, so the retry
-    policy is not asked.
+    policy is not asked. ``retry_after`` is the seconds a 429 or 503 asked to wait
+    (``Retry-After``, in seconds or as an HTTP date), None when it asked nothing.
     """
 
     duration: float
     status: int | None = None
     error: str | None = None
     permanent: bool = False
+    retry_after: float | None = None
 
     @property
     def ok(self) -> bool:

@@ -107,8 +107,10 @@ def test_salvage_copies_every_readable_row_and_says_what_it_could_not(tmp_path, 
         assert set(rows) <= set(before[table]), table  # nothing made up
         assert report.copied[table] == len(rows)
     lost = len(before["events"]) - len(after["events"])
-    if damage.startswith("garbage"):  # three pages hold a few dozen rows at most
-        assert 0 < lost + len(before["deliveries"]) - len(after["deliveries"]) < 100
+    if damage.startswith("garbage"):
+        # Three 4 KiB pages hold at most ~60 rows each, and an event lost takes its delivery
+        # with it (which pages the garbage hits depends on the schema's layout).
+        assert 0 < lost + len(before["deliveries"]) - len(after["deliveries"]) < 3 * 60 * 2
     else:  # the first half of the file, more or less
         assert EVENTS * 0.2 < len(after["events"]) < EVENTS * 0.8
     assert any(report.unreadable.values())

@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from relay.config import ConfigError
-from relay.delivery import dispatch
+from relay.delivery import outcomes
 from relay.logs import JsonFormatter
 from relay.plugins import hookimpl
 from tests.conftest import make_config, no_retry_delay, seed_events, start_receiver
@@ -112,7 +112,7 @@ async def test_each_attempt_is_one_line_with_its_webhook_delivery_event_and_outc
     )
     assert "attempt 1 failed (HTTP 500) in " in failed.getMessage()
     assert failed.getMessage().endswith("; next in 0.05 s")
-    assert (delivered.levelno, delivered.attempt, delivered.status) == (dispatch.DELIVERED, 2, 200)
+    assert (delivered.levelno, delivered.attempt, delivered.status) == (outcomes.DELIVERED, 2, 200)
     assert "attempt 2 delivered (HTTP 200) in " in delivered.getMessage()
     assert not hasattr(delivered, "error")
 

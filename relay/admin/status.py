@@ -19,9 +19,10 @@ from relay.config import Webhook
 
 
 def enabled(relay, webhook: Webhook) -> bool:
-    """Whether ``webhook`` takes deliveries. Every configured webhook does, for now: this is
-    the one place /metrics and /api/status ask."""
-    return True
+    """Whether ``webhook`` takes deliveries: the one place /metrics and /api/status ask. Says
+    what relay.toml says (``enabled``); a state set at run time (``relay webhooks disable``, a
+    410) lives in the delivery process and is not shown here yet."""
+    return webhook.enabled
 
 
 @frozen

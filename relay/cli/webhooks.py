@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from relay import config as config_module
-from relay.cli import render
+from relay.cli import render, webhook_state
 from relay.cli.common import CommandError, add_config_option, load
 from relay.plugins import Components, PluginError, make_plugin_manager
 
@@ -54,12 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_config_option(shown)
     render.add_arguments(shown)
+    webhook_state.add_arguments(actions)
 
 
 def cmd_webhooks(args) -> int:
     """add a (compose) webhook to the configuration file, list them, or render one's request"""
     commands = {"add": add_webhook, "list": list_webhooks, "render": render.cmd_render}
-    return commands[args.webhooks_command](args)
+    return commands.get(args.webhooks_command, webhook_state.cmd)(args)
 
 
 def _pair(text: str) -> tuple[str, str]:

@@ -8,7 +8,6 @@ Values of secrets never appear in those lines.
 from __future__ import annotations
 
 import functools
-import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -21,11 +20,13 @@ from cattrs.gen import make_dict_structure_fn, override
 
 from relay import logs
 from relay.compose import compile_request, resolve_secrets
+from relay.config.admin import admin_token, is_loopback
 from relay.config.schema import (
     WEBHOOK_ID,
     Config,
     ConfigError,
     DeliverySettings,
+    Duration,
     FieldError,
     RelaySettings,
     Webhook,
@@ -42,6 +43,7 @@ def converter() -> cattrs.Converter:
     c.register_structure_hook(float, lambda v, _: float(_expect(v, (int, float))))
     c.register_structure_hook(int, lambda v, _: _expect(v, int))
     c.register_structure_hook(bool, lambda v, _: _expect_bool(v))
+    c.register_structure_hook(Duration, lambda v, _: Duration.parse(v))
     secret_type = str | tuple[str, ...] | None
     c.register_structure_hook_func(lambda t: t == secret_type, _structure_secret)
     c.register_structure_hook_func(lambda t: t == dict[str, Any], lambda v, _: dict(v))
@@ -229,7 +231,7 @@ def load_for_admin(path: str | Path) -> Config:
         path = Path(path).absolute()
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
-            table, problems = _admin_token(dict(data.get("relay", {})))
+            table, problems = admin_token(dict(data.get("relay", {})))
             if problems:
                 raise e from None
             settings = converter().structure(table, RelaySettings)
@@ -263,7 +265,7 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
     secrets, problems = resolve_secrets(data.get("secrets", {}), os.environ)
     errors.extend(f"{name}: {place}: {message}" for place, message in problems)
 
-    relay_table, problems = _admin_token(_table(data, "relay", errors, name))
+    relay_table, problems = admin_token(_table(data, "relay", errors, name))
     errors.extend(f"{name}: {line}" for line in problems)
     relay = structure_or_note(relay_table, RelaySettings, "relay")
     if relay is not None and relay.admin and relay.admin_token is None:
@@ -314,31 +316,6 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
         raise ConfigError(errors)
     relay = _resolve_paths(relay, path.parent)
     return Config(path=path, relay=relay, defaults=defaults, webhooks=tuple(webhooks))
-
-
-def _admin_token(table: dict) -> tuple[dict, list[str]]:
-    """``[relay] admin_token``, a literal or ``{ env = "VARIABLE" }`` as in [secrets], resolved
-    now; the problems name the key and the variable, never the value."""
-    if "admin_token" not in table:
-        return table, []
-    values, problems = resolve_secrets({"admin_token": table["admin_token"]}, os.environ)
-    token = values.get("admin_token")
-    lines = [f"relay.admin_token: {message}" for _, message in problems]
-    if not problems and not token:
-        lines.append("relay.admin_token: must not be empty")
-    return {**table, "admin_token": token or None}, lines
-
-
-def is_loopback(listen: str) -> bool:
-    """Whether ``HOST:PORT`` listens only to this machine (a name other than localhost may
-    resolve to anything: it does not count)."""
-    host = listen.rpartition(":")[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _resolve_paths(relay: RelaySettings, base: Path) -> RelaySettings:

@@ -152,6 +152,27 @@ class Backoff:
         return min(self.first * self.factor ** (failed_attempt - 1), self.max)
 
 
+class Duration(float):
+    """Seconds, written as a number or as ``"90s"``, ``"30m"``, ``"12h"``, ``"5d"`` in relay.toml
+    (relay/config/loading.py reads them)."""
+
+    UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+    @classmethod
+    def parse(cls, value) -> Duration:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return cls(value)
+        if isinstance(value, str):
+            match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", value)
+            if match:
+                return cls(float(match[1]) * cls.UNITS[match[2]])
+            raise ValueError(
+                f'expected seconds or a duration like "90s", "30m", "12h", "5d", got {value!r}'
+            )
+        got = "a boolean" if isinstance(value, bool) else type(value).__name__
+        raise TypeError(f'expected seconds or a duration like "5d", got {got}')
+
+
 @frozen(kw_only=True)
 class DeliverySettings:
     """Delivery settings: ``[defaults]`` sets them for every webhook, a webhook for itself."""
@@ -163,6 +184,8 @@ class DeliverySettings:
     signer: str = "signature"
     transport: str = "http"
     retry: str = "exponential"
+    # Seconds a webhook may fail without a success before it is disabled; None: never.
+    disable_after: Duration | None = field(default=None, validator=_positive)
 
 
 @frozen(kw_only=True)
@@ -173,6 +196,8 @@ class Webhook(DeliverySettings):
     url: str = field(validator=_url)
     events: tuple[str, ...] = ("*",)
     name: str | None = None
+    # false: deliveries are journaled and kept, never attempted (see relay webhooks disable).
+    enabled: bool = True
     # A list holds several secrets during a rotation; signers that can, sign with each.
     secret: str | tuple[str, ...] | None = field(default=None, repr=False)
     # Plugin option tables (``[webhooks.NAME]``), keyed by NAME: raw tables when read, then the

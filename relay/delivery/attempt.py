@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import inspect
 import logging
+import time
+from email.utils import parsedate_to_datetime
 
 import pluggy
 import trio
@@ -155,7 +157,12 @@ class Attempts:
             run.outcome = Outcome(duration=run.elapsed(), error=_describe_send_error(e))
         else:
             if isinstance(response, Response):
-                run.outcome = Outcome(duration=run.elapsed(), status=response.status)
+                retry_after = None
+                if response.status in (429, 503):
+                    retry_after = parse_retry_after(_header(response, "retry-after"), time.time())
+                run.outcome = Outcome(
+                    duration=run.elapsed(), status=response.status, retry_after=retry_after
+                )
             else:
                 error = f"transport {webhook.transport!r} returned {type(response).__name__}"
                 run.outcome = Outcome(duration=run.elapsed(), error=error)
@@ -248,6 +255,27 @@ class Attempts:
                         "event_id": delivery.event.id,
                     },
                 )
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """``Retry-After``'s seconds from ``now`` (RFC 9110: delay-seconds or an HTTP date); None
+    when absent or unreadable (the retry policy's own delay applies)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        at = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if at.tzinfo is None:  # an HTTP date is GMT; a date without a zone is read as such
+        return None
+    return max(0.0, at.timestamp() - now)
+
+
+def _header(response: Response, name: str) -> str | None:
+    return next((v for k, v in response.headers if k.lower() == name), None)
 
 
 def _in_call_order(hook) -> list[tuple[str, object]]:

@@ -24,9 +24,12 @@ import trio
 from relay.clock import Clock
 from relay.config import Config, Webhook
 from relay.delivery.attempt import Attempts
+from relay.delivery.health import Health
+from relay.delivery.outcomes import delivery_fields, log_outcome
 from relay.delivery.stats import DeliveryStats
 from relay.journal import Journal, JournalError
-from relay.model import Delivery, Outcome
+from relay.journal.states import WebhookState
+from relay.model import Delivery
 from relay.plugins import Components
 
 log = logging.getLogger(__name__)
@@ -53,12 +56,17 @@ class Lane:
         # True when a delivery found no room: the scheduler must look in the journal again
         # once this lane has drained.
         self.overflowed = False
+        # False while the webhook is disabled (relay/delivery/health.py): what reaches the
+        # lane goes back to the journal, unattempted, and the scheduler claims nothing for it.
+        self.enabled = webhook.enabled
 
     def room(self) -> int:
         return self.queue - self._send.statistics().current_buffer_used
 
     def offer(self, deliveries: Iterable[Delivery]) -> list[Delivery]:
         """Queue what fits; return the rest."""
+        if not self.enabled:
+            return list(deliveries)
         rest = []
         for delivery in deliveries:
             try:
@@ -113,6 +121,9 @@ class Lane:
             if self.stopped:
                 self._leftover.append(delivery)
                 continue
+            if not self.enabled:  # disabled after it was queued: it sleeps, unattempted
+                await dispatcher.journal.put_to_sleep([delivery.id], dispatcher.clock.now())
+                continue
             if self.overflowed and self.room() > self.queue // 2:
                 self.overflowed = False
                 dispatcher.scheduler.wake()
@@ -161,6 +172,8 @@ class Scheduler:
         now = self.clock.now()
         with_room = []
         for webhook_id, lane in list(self.lanes.items()):  # a reload may change them
+            if not lane.enabled:  # its deliveries sleep until it is enabled (wake)
+                continue
             room = lane.room()
             if room <= 0:
                 lane.overflowed = True
@@ -203,9 +216,11 @@ class Dispatcher:
         self.scheduler = Scheduler(journal, clock, self.lanes)
         self._scheduler_scope = trio.CancelScope()
         self.stats = DeliveryStats()  # for /metrics (relay/admin/)
+        self.health = Health()
 
     async def run(self) -> None:
         """Run lanes and scheduler until cancelled; attempts in flight are cancelled with them."""
+        await self.refresh_states()  # before any lane works: a disabled one attempts nothing
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for lane in self.lanes.values():
@@ -246,7 +261,27 @@ class Dispatcher:
                 webhook_id,
                 extra={"webhook": webhook_id},
             )
-        self.scheduler.wake()
+        self._apply_states()
+
+    # -- disabled webhooks (relay/delivery/health.py) -------------------------------------
+
+    async def refresh_states(self) -> None:
+        """Read the journal's webhook states (at start, and on reload: a command may have
+        written one meanwhile)."""
+        self.health.load(await self.journal.webhook_states())
+        self._apply_states()
+
+    async def set_enabled(self, webhook_id: str, enabled: bool, reason: str | None = None):
+        """Disable or enable ``webhook_id`` until told otherwise, restarts included."""
+        state = WebhookState(webhook_id, enabled, reason, self.clock.now())
+        self.health.set(state)  # first: attempts ending meanwhile see it
+        self._apply_states()
+        await self.journal.set_webhook_state(webhook_id, enabled, reason, state.changed_at)
+
+    def _apply_states(self) -> None:
+        for lane in self.lanes.values():
+            lane.enabled = self.health.enabled(lane.webhook)
+        self.scheduler.wake()  # an enabled lane's deliveries are due
 
     async def recover(self, previous_run: int) -> None:
         """Resume what earlier runs held in memory when they ended (kill -9, power loss).
@@ -295,7 +330,8 @@ class Dispatcher:
         request, outcome = await self.attempts(webhook, delivery)
         self.attempts.finished(webhook, delivery, request, outcome)
         next_at = None
-        if not outcome.ok and not outcome.permanent:
+        # 410 Gone: the webhook is no more; no retry, and it is disabled below.
+        if not outcome.ok and not outcome.permanent and outcome.status != 410:
             delay = self._retry_delay(webhook, delivery, outcome)
             if delay is not None:
                 next_at = started_at + outcome.duration + delay
@@ -307,6 +343,17 @@ class Dispatcher:
         log_outcome(webhook.id, delivery, outcome, retry_in)
         if next_at is not None:
             self.scheduler.wake(next_at)
+        if outcome.ok:
+            self.health.succeeded(webhook)
+        else:
+            await self._failed(webhook, request, outcome, started_at)
+
+    async def _failed(self, webhook, request, outcome, started_at) -> None:
+        url = request.url if request is not None else None
+        reason = self.health.failed(webhook, url, outcome.status, started_at)
+        if reason is not None and self.health.enabled(webhook):
+            log.warning("webhook %s disabled: %s", webhook.id, reason)
+            await self.set_enabled(webhook.id, False, reason)
 
     def _retry_delay(self, webhook, delivery, outcome) -> float | None:
         policy = self.components.retry_policies[webhook.retry]
@@ -325,53 +372,3 @@ class Dispatcher:
                 extra=delivery_fields(webhook.id, delivery),
             )
             return webhook.backoff.first if delivery.attempts < webhook.tries else None
-
-
-# Successful attempts are logged at debug, failed ones at info (retried) or warning (given up).
-# A line per success at info cost the delivery process ~40% more CPU per event in
-# scripts/bench --quick (e2e: 110 -> 155 µs; events/s 0.65x -> 0.54x direct, medians of 5).
-DELIVERED = logging.DEBUG
-
-
-def log_outcome(
-    webhook_id: str, delivery: Delivery, outcome: Outcome, retry_in: float | None
-) -> None:
-    """One line per attempt: which delivery, event and webhook, the attempt's number, how it
-    ended and how long it took, and what comes next. The only line about a failed attempt: a
-    plugin's failure is in ``outcome.error``, naming the plugin."""
-    if outcome.ok:
-        level, result, after = DELIVERED, "delivered", ""
-    elif retry_in is not None:
-        next_in = f"{retry_in:.0f}" if retry_in >= 10 else f"{retry_in:.2g}"
-        level, result, after = logging.INFO, "failed", f"; next in {next_in} s"
-    else:
-        level, result, after = logging.WARNING, "failed", "; gave up"
-    if not log.isEnabledFor(level):  # at thousands of attempts a second, build nothing
-        return
-    fields = delivery_fields(webhook_id, delivery)
-    fields["attempt"] = delivery.attempts
-    if outcome.status is not None:
-        fields["status"] = outcome.status
-    if outcome.error is not None:
-        fields["error"] = outcome.error
-    fields["duration_ms"] = round(outcome.duration * 1000, 3)
-    if retry_in is not None:
-        fields["retry_in"] = round(retry_in, 3)
-    log.log(
-        level,
-        "delivery %s (event %s) to %s: attempt %d %s (%s) in %.0f ms%s",
-        delivery.id,
-        delivery.event.id,
-        webhook_id,
-        delivery.attempts,
-        result,
-        outcome.describe(),
-        outcome.duration * 1000,
-        after,
-        extra=fields,
-    )
-
-
-def delivery_fields(webhook_id: str, delivery: Delivery) -> dict:
-    """A log line's ``extra=`` about one delivery: fields of its JSON line (relay/logs.py)."""
-    return {"webhook": webhook_id, "delivery_id": delivery.id, "event_id": delivery.event.id}

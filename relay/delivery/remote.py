@@ -198,6 +198,11 @@ class RemoteDispatcher:
             raise ConfigError(self._reload_problems)
         self.config = config
 
+    async def refresh_states(self) -> None:
+        """Have the delivery process re-read the journal's webhook states (before any reload
+        queued after this)."""
+        self._command(("states",))
+
     def stop_intake(self, grace: float) -> None:
         """Start no more attempts; ``run`` returns once the process has drained, at most
         ``grace`` seconds later."""

@@ -40,6 +40,7 @@ from relay.journal import sqlite as journal_sql
 from relay.journal.bindings import Reporting
 from relay.journal.health import Health
 from relay.journal.health import Op as _Op
+from relay.journal.states import States
 from relay.journal.writers import InlineWriter, JournalError, ProcessWriter
 from relay.model import Delivery, Event, Outcome
 
@@ -75,7 +76,7 @@ class _Urgent:
         self.event = trio.Event()
 
 
-class Journal(Reporting):
+class Journal(Reporting, States):
     """Use ``async with Journal.open(state_dir) as journal``; the committer lives inside."""
 
     def __init__(self, send_channel: trio.MemorySendChannel, urgent: _Urgent, health: Health):

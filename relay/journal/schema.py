@@ -85,6 +85,15 @@ CREATE TABLE IF NOT EXISTS bindings (
     expires_at REAL NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS bindings_by_expiry ON bindings (expires_at);
+-- Webhooks switched off while their settings stay (relay webhooks disable, a 410 Gone,
+-- disable_after): a disabled webhook's deliveries sleep in the journal, unattempted, until it
+-- is enabled. One row per webhook whose state ever changed; relay/journal/states.py.
+CREATE TABLE IF NOT EXISTS webhook_state (
+    webhook_id TEXT PRIMARY KEY,
+    enabled INTEGER NOT NULL,
+    reason TEXT,
+    changed_at REAL NOT NULL
+) WITHOUT ROWID;
 """
     + RUNS
 )

@@ -240,6 +240,21 @@ def prune(conn, after, cutoff, limit):
     return last_seen, len(gone), len(rows) == limit and last_received < cutoff
 
 
+def set_webhook_state(conn, webhook_id, enabled, reason, changed_at):
+    """Disable (``enabled`` false) or enable ``webhook_id``, saying why."""
+    conn.execute(
+        "INSERT OR REPLACE INTO webhook_state VALUES (?, ?, ?, ?)",
+        (webhook_id, int(enabled), reason, changed_at),
+    )
+
+
+def webhook_states(conn):
+    """Every ``(webhook_id, enabled, reason, changed_at)``: a few rows, one per webhook."""
+    return [
+        (w, bool(e), r, c) for w, e, r, c in conn.execute("SELECT * FROM webhook_state").fetchall()
+    ]
+
+
 OPERATIONS = {
     op.__name__: op
     for op in (
@@ -256,6 +271,8 @@ OPERATIONS = {
         bind,
         has_bindings,
         expire_bindings,
+        set_webhook_state,
+        webhook_states,
     )
 }
 

@@ -2,7 +2,8 @@
 
 Attempt n fails; the next one waits ``min(first * factor ** (n - 1), max)`` seconds, until
 ``tries`` attempts are spent. ``backoff.jitter`` (a fraction, 0 by default) spreads retries of
-many deliveries that failed together.
+many deliveries that failed together. A 429 or 503 that says ``Retry-After`` waits at least
+that long, and never past ``backoff.max``.
 """
 
 import random
@@ -16,6 +17,8 @@ def exponential(webhook, attempt, outcome):
     delay = webhook.backoff.delay(attempt)
     if webhook.backoff.jitter:
         delay *= 1 + random.uniform(-webhook.backoff.jitter, webhook.backoff.jitter)
+    if outcome.retry_after is not None:
+        delay = min(max(delay, outcome.retry_after), webhook.backoff.max)
     return delay
 
 
