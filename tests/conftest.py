@@ -22,13 +22,45 @@ from tests.daemon import kill_leftovers
 SEED = Path(__file__).parent.parent / "relay" / "compose" / "examples.json"
 
 
+class Headers(tuple):
+    """Header pairs as they came (names keep their case and order) that also read as a
+    case-insensitive mapping: ``headers["signature"]``, ``"signature" in headers``, ``.get``,
+    ``.items()``."""
+
+    def __getitem__(self, key):
+        if not isinstance(key, str):
+            return super().__getitem__(key)
+        lowered = key.lower()
+        for name, value in self:
+            if name.lower() == lowered:
+                return value
+        raise KeyError(key)
+
+    def __contains__(self, key) -> bool:
+        if not isinstance(key, str):
+            return super().__contains__(key)
+        return any(name.lower() == key.lower() for name, _ in self)
+
+    def get(self, key: str, default=None):
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def items(self):
+        return iter(self)
+
+    def keys(self):
+        return [name for name, _ in self]
+
+
 @attrs.frozen
 class Arrived:
     """One request as it came on the wire, parsed by h11 (not by relay's own HTTP code)."""
 
     method: str
     target: str  # the request target as sent: path and query
-    raw_headers: tuple[tuple[str, str], ...]  # as sent: names keep their case and order
+    headers: Headers = attrs.field(converter=Headers)
     body: bytes
 
     @property
@@ -39,13 +71,8 @@ class Arrived:
     def query(self) -> str:
         return self.target.partition("?")[2]
 
-    @property
-    def headers(self) -> dict[str, str]:
-        """Names lowercased."""
-        return {name.lower(): value for name, value in self.raw_headers}
-
     def header(self, name: str) -> str:
-        return next(v for k, v in self.raw_headers if k.lower() == name.lower())
+        return self.headers[name]
 
 
 @attrs.define
@@ -81,7 +108,7 @@ class Receiver:
                     Arrived(
                         method=request.method.decode(),
                         target=request.target.decode(),
-                        raw_headers=tuple(
+                        headers=tuple(
                             (k.decode(), v.decode()) for k, v in request.headers.raw_items()
                         ),
                         body=bytes(body),

@@ -18,10 +18,14 @@ from relay import config as config_module
 from relay.cli import main
 from relay.model import Delivery, Event, PermanentFailure
 from relay.plugins.builtin import compose
-from tests.conftest import Receiver, RunningRelay, relay_of, seed_events, start_receiver
+from tests.conftest import Arrived, Receiver, RunningRelay, relay_of, seed_events, start_receiver
 from tests.test_templates import SEED_ID, SEED_STATUS, parse_multipart
 
 STATUS = seed_events()[0]
+
+
+RawReceiver = Receiver  # conftest's, for the tests that import it from here; with Arrived
+__all__ = ["Arrived", "RawReceiver"]
 
 
 @pytest.fixture

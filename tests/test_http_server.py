@@ -138,7 +138,7 @@ def test_answers_are_framed_with_their_length(status, close):
     assert json.loads(body.data) == {"error": "é"}
 
 
-async def exchange(receiver: Receiver, data: bytes) -> bytes:
+async def exchange(receiver: Handler, data: bytes) -> bytes:
     """Send ``data``, return the answer (the server closes after a 400 and after HTTP/1.0)."""
     async with await connect(receiver) as stream:
         await stream.send_all(data)

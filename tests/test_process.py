@@ -131,8 +131,8 @@ async def test_a_dead_journal_writer_stops_the_relay_and_nothing_is_acknowledged
         try:
             response = await client.post("/events", json=marked(mark))
             outcomes[f"m{mark}"] = response.status_code
-        except httpx.HTTPError as e:
-            outcomes[f"m{mark}"] = type(e).__name__
+        except httpx.TransportError:  # refused, reset, closed without an answer
+            outcomes[f"m{mark}"] = "no answer"
 
     async with httpx.AsyncClient(base_url=daemon.url) as client:
         await post(client, 0)
@@ -156,10 +156,7 @@ async def test_a_dead_journal_writer_stops_the_relay_and_nothing_is_acknowledged
     # failed) before the handler that was told "the journal writer failed" sends its 503.
     assert len(outcomes) == 11
     for mark, outcome in outcomes.items():
-        assert outcome == 503 or outcome in ("ConnectError", "RemoteProtocolError"), (
-            mark,
-            outcome,
-        )
+        assert outcome in (503, "no answer"), (mark, outcome)
 
 
 async def test_a_dead_delivery_process_stops_the_relay_and_the_next_run_delivers(tmp_path, nursery):
