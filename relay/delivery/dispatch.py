@@ -197,6 +197,7 @@ class Dispatcher:
         self.clock = clock
         self.lanes = {w.id: Lane(w, config.relay.queue) for w in config.webhooks}
         self.scheduler = Scheduler(journal, clock, self.lanes)
+        journal.when_written_again(self.scheduler.wake)  # a full disk had refused a retry
         self._scheduler_scope = trio.CancelScope()
 
     async def run(self) -> None:

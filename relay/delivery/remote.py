@@ -53,6 +53,11 @@ class RemoteDispatcher:
         self._in_flight = 0
         self._reloaded = trio.Event()
         self._reload_problems: list[str] | None = None
+        journal.when_written_again(self._wake)  # a hand-back a full disk had refused
+
+    def _wake(self) -> None:
+        if not self.stopping and ("wake",) not in self._commands:
+            self._command(("wake",))
 
     async def run(self, previous_run: int, run_start: float, *, task_status) -> None:
         """Start the process; return when it has drained after ``stop_intake``. The process
@@ -169,8 +174,7 @@ class RemoteDispatcher:
             or self._pending_bytes + size > PENDING_BYTES
         ):
             await self.journal.put_to_sleep((row[0] for row in rows), self.clock.now())
-            if not self.stopping and ("wake",) not in self._commands:
-                self._command(("wake",))
+            self._wake()
             return
         self._pending += len(rows)
         self._pending_bytes += size

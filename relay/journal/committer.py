@@ -62,6 +62,11 @@ MERGEABLE = frozenset({"record_attempts", "put_to_sleep"})
 # Short, because it must not gather bursts: outcomes held 100 ms and committed together took
 # p99 at 1,000/s from 4.5-6.5 ms to 11-12.
 RIDE_ALONG = 0.002
+# A write nobody waits for that SQLite refused for want of room (or of the disk) goes again with
+# the next batch, or alone after RETRY seconds: dropped, it would leave its delivery held by
+# nobody, neither in memory (the lane let it go) nor asleep in the journal, until a restart.
+TRANSIENT = ("database or disk is full", "disk I/O error", "database is locked")
+RETRY = 1.0
 
 
 class JournalError(Exception):
@@ -75,6 +80,7 @@ class _Op:
     done: trio.Event | None
     result: object = None
     error: str | None = None
+    failed_before: bool = False  # a write nobody waits for, being written again
 
 
 class _Urgent:
@@ -90,9 +96,10 @@ class _Urgent:
 class Journal(Reporting):
     """Use ``async with Journal.open(state_dir) as journal``; the committer lives inside."""
 
-    def __init__(self, send_channel: trio.MemorySendChannel, urgent: _Urgent):
+    def __init__(self, send_channel: trio.MemorySendChannel, urgent: _Urgent, written_again):
         self._ops = send_channel
         self._urgent = urgent
+        self._written_again: list = written_again
 
     @classmethod
     @asynccontextmanager
@@ -110,12 +117,13 @@ class Journal(Reporting):
         process, SQL inline, or the relay itself for the delivery process."""
         send, receive = trio.open_memory_channel(QUEUE)
         urgent = _Urgent()
+        written_again: list = []
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_commit_loop, writer, receive, urgent, ride_along)
+                nursery.start_soon(_commit_loop, writer, receive, urgent, ride_along, written_again)
                 try:
                     async with send:
-                        yield cls(send, urgent)
+                        yield cls(send, urgent, written_again)
                 finally:
                     urgent.event.set()
                 # Closing the channel lets the committer finish what was queued, then return.
@@ -139,7 +147,13 @@ class Journal(Reporting):
         return []
 
     # -- writes queued in order, not waited for ------------------------------------------
-    # Losing one of these in a crash only repeats an attempt: the row is still pending.
+    # Losing one of these in a crash only repeats an attempt: the row is still pending. One
+    # refused for want of room is written again (TRANSIENT), and then ``when_written_again``.
+
+    def when_written_again(self, callback) -> None:
+        """Call ``callback()`` whenever such a write, refused before, has been written: what
+        it put to sleep may be due now, and whoever claims due deliveries looked too early."""
+        self._written_again.append(callback)
 
     async def record_attempt(
         self, delivery: Delivery, started_at: float, outcome: Outcome, *, next_at: float | None
@@ -253,11 +267,28 @@ class Journal(Reporting):
 
 
 async def _commit_loop(
-    writer, receive: trio.MemoryReceiveChannel, urgent: _Urgent, ride_along: float
+    writer,
+    receive: trio.MemoryReceiveChannel,
+    urgent: _Urgent,
+    ride_along: float,
+    written_again: list,
 ) -> None:
+    again: list[_Op] = []  # writes nobody waits for that failed for want of room (TRANSIENT)
+    closed = False
     async with receive:
-        async for first in receive:
-            ops = [first]
+        while again or not closed:
+            ops, again = again, []
+            if not ops:
+                try:
+                    ops.append(await receive.receive())
+                except trio.EndOfChannel:
+                    return
+            elif not closed:  # closed: one last try; the next run recovers what still fails
+                with trio.move_on_after(RETRY):
+                    try:
+                        ops.append(await receive.receive())
+                    except trio.EndOfChannel:
+                        closed = True
             _take_queued(ops, receive)
             if ride_along and all(op.name in MERGEABLE for op in ops):
                 await _ride_along(ops, receive, urgent, ride_along)
@@ -277,16 +308,28 @@ async def _commit_loop(
             if late.cancelled_caught:
                 _fail(ops, "the journal writer did not answer")
                 raise JournalError(f"the journal writer did not answer in {WRITER_TIMEOUT:g} s")
+            landed = False  # a write refused before
             for op_group, (ok, result) in zip(owners, results, strict=True):
                 for op in op_group:
                     if ok:
                         op.result = result
+                        landed = landed or op.failed_before
                     else:
                         op.error = result
                     if op.done is not None:
                         op.done.set()
                     elif not ok:
-                        log.error("journal write failed: %s", result)
+                        if not closed and any(reason in result for reason in TRANSIENT):
+                            if not op.failed_before:
+                                log.error("journal write failed: %s; trying again", result)
+                            op.failed_before = True
+                            op.error = None
+                            again.append(op)
+                        else:
+                            log.error("journal write failed: %s", result)
+            if landed:
+                for callback in written_again:
+                    callback()
 
 
 def _take_queued(ops: list[_Op], receive: trio.MemoryReceiveChannel) -> bool:
