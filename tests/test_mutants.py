@@ -171,6 +171,18 @@ def test_an_answer_outside_2xx_or_with_an_error_is_not_ok():
     assert not Outcome(0.0).ok
 
 
+def test_an_outcome_describes_itself_as_relay_deliveries_shows_it():
+    """``last_outcome`` in the journal, and the log's "attempt 2 failed (...)" (survivors of
+    scripts/mutate on relay/model.py)."""
+    assert Outcome(0.1, 204).describe() == "HTTP 204"
+    assert Outcome(0.1, 500).describe() == "HTTP 500"
+    assert Outcome(0.1, 200, error="plugin x (prepare_request): boom").describe() == (
+        "HTTP 200 (plugin x (prepare_request): boom)"
+    )
+    assert Outcome(0.1, error="no response within 3 s").describe() == "no response within 3 s"
+    assert Outcome(0.1).describe() == "failed"
+
+
 # -- /healthz ------------------------------------------------------------------------------
 
 

@@ -191,6 +191,7 @@ def summarize(report, traffic: Traffic, receiver: FlappingReceiver, relay: Relay
         "bad_inputs": hostile,
         "unexpected_exits": report["unexpected_exits"],
         "tracebacks_in_log": log.count("Traceback (most recent call last)"),
+        "log_errors": log_errors(log),
         "disk": disk,
     }
     if "stopped_early" in report:
@@ -203,6 +204,19 @@ def summarize(report, traffic: Traffic, receiver: FlappingReceiver, relay: Relay
         and disk.get("ok", "skipped" in disk)
     )
     return summary
+
+
+def log_errors(log: str, most: int = 10) -> dict[str, int]:
+    """Each distinct error the relay logged (a traceback by its last line), with its count."""
+    found: Counter[str] = Counter()
+    lines = log.splitlines()
+    for i, line in enumerate(lines):
+        if " ERROR " in line or " CRITICAL " in line:
+            found[line.split(" ", 2)[-1][:200]] += 1
+        elif line.startswith("Traceback (most recent call last)"):
+            end = next((j for j in range(i + 1, len(lines)) if not lines[j].startswith(" ")), i)
+            found[f"traceback: {lines[end][:200]}"] += 1
+    return dict(found.most_common(most))
 
 
 def verdict(summary: dict) -> str:
