@@ -1,6 +1,8 @@
 """The real relay as a subprocess, for tests about the process: signals, kill -9, reload."""
 
+import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -48,10 +50,15 @@ def add_plugin(tmp_path: Path, name: str, source: str) -> None:
 class Daemon:
     running: list["Daemon"] = []  # what a failed test left behind is killed (conftest.py)
 
-    def __init__(self, config: Path, args: tuple[str, ...] = (), preexec_fn=None):
+    def __init__(
+        self, config: Path, args: tuple[str, ...] = (), preexec_fn=None, *, session: bool = False
+    ):
+        """``session``: start it in a session (and process group) of its own, so that
+        ``kill_9("group")`` reaches the relay and its writer without the test."""
         self.config = config
         self.args = args  # more arguments for relay run (--log json)
         self.preexec_fn = preexec_fn  # run in the child before exec: limits, say
+        self.session = session
         self.log = config.parent / "relay.log"
         self.process: trio.Process | None = None
         self.url = ""
@@ -64,6 +71,7 @@ class Daemon:
             stdout=subprocess.DEVNULL,
             stderr=self.log.open("a"),
             preexec_fn=self.preexec_fn,
+            start_new_session=self.session,
         )
         Daemon.running.append(self)
         return self
@@ -87,6 +95,27 @@ class Daemon:
         """The pid of the relay's child process running ``python -m <module>``."""
         return child_of(self.process.pid, module)
 
+    def pids(self) -> dict[str, int]:
+        """The relay's three processes: ``relay``, ``writer`` and ``delivery``."""
+        return {
+            "relay": self.process.pid,
+            "writer": self.child("relay.journal.writer"),
+            "delivery": self.child("relay.delivery.process"),
+        }
+
+    def kill_9(self, victim: str) -> dict[str, int]:
+        """SIGKILL ``victim``: one of ``pids()``, or ``group``, all three at once (the relay's
+        process group holds the relay and its writer; the delivery process has a session of
+        its own, so it is killed in the next system call). Returns the pids it had."""
+        pids = self.pids()
+        if victim == "group":
+            assert self.session, "kill_9('group') needs Daemon(..., session=True)"
+            os.killpg(self.process.pid, signal.SIGKILL)
+            os.kill(pids["delivery"], signal.SIGKILL)
+        else:
+            os.kill(pids[victim], signal.SIGKILL)
+        return pids
+
 
 def child_of(pid: int, module: str) -> int:
     (found,) = (
@@ -96,6 +125,14 @@ def child_of(pid: int, module: str) -> int:
         if module.encode() in Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
     )
     return found
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not reaped by its parent, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def kill_leftovers() -> None:

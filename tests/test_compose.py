@@ -8,7 +8,6 @@ import sqlite3
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-import attrs
 import h11
 import hypothesis
 import pytest
@@ -19,73 +18,20 @@ from relay import config as config_module
 from relay.cli import main
 from relay.model import Delivery, Event, PermanentFailure
 from relay.plugins.builtin import compose
-from tests.conftest import RunningRelay, relay_of, seed_events
+from tests.conftest import Arrived, Receiver, RunningRelay, relay_of, seed_events, start_receiver
 from tests.test_templates import SEED_ID, SEED_STATUS, parse_multipart
 
 STATUS = seed_events()[0]
 
 
-@attrs.frozen
-class Arrived:
-    method: str
-    target: str
-    headers: tuple[tuple[str, str], ...]  # as sent: names keep their case
-    body: bytes
-
-    def header(self, name: str) -> str:
-        return next(v for k, v in self.headers if k.lower() == name.lower())
-
-
-@attrs.define
-class RawReceiver:
-    """Records request targets and headers as they came: conftest's receiver drops the query."""
-
-    origin: str = ""
-    requests: list[Arrived] = attrs.Factory(list)
-    _arrived: trio.Event = attrs.Factory(trio.Event)
-
-    async def serve(self, stream: trio.abc.Stream) -> None:
-        conn = h11.Connection(h11.SERVER)
-        while True:
-            request, body = None, b""
-            while not isinstance(event := conn.next_event(), h11.EndOfMessage):
-                if event is h11.NEED_DATA:
-                    conn.receive_data(await stream.receive_some(65536))
-                elif isinstance(event, h11.ConnectionClosed):
-                    return
-                elif isinstance(event, h11.Request):
-                    request = event
-                elif isinstance(event, h11.Data):
-                    body += event.data
-            self.requests.append(
-                Arrived(
-                    method=request.method.decode(),
-                    target=request.target.decode(),
-                    headers=tuple((k.decode(), v.decode()) for k, v in request.headers.raw_items()),
-                    body=body,
-                )
-            )
-            self._arrived.set()
-            response = h11.Response(status_code=200, headers=[("content-length", "0")])
-            await stream.send_all(conn.send(response) + conn.send(h11.EndOfMessage()))
-            conn.start_next_cycle()
-
-    async def wait_for(self, count: int) -> list[Arrived]:
-        with trio.fail_after(10):
-            while len(self.requests) < count:
-                self._arrived = trio.Event()
-                await self._arrived.wait()
-        return self.requests
+RawReceiver = Receiver  # conftest's, for the tests that import it from here; with Arrived
+__all__ = ["Arrived", "RawReceiver"]
 
 
 @pytest.fixture
-async def raw_receiver(nursery) -> RawReceiver:
-    receiver = RawReceiver()
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    await nursery.start(trio.serve_listeners, receiver.serve, listeners)
-    host, port = listeners[0].socket.getsockname()[:2]
-    receiver.origin = f"http://{host}:{port}"
-    return receiver
+async def raw_receiver(nursery) -> Receiver:
+    """conftest's receiver (h11, not relay's server): it keeps targets and headers as sent."""
+    return await start_receiver(nursery)
 
 
 @pytest.fixture

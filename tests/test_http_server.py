@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import attrs
 import h11
 import pytest
 import trio
@@ -12,9 +13,32 @@ import trio
 from relay.http import server as http_server
 from relay.ingest.api import ids_json
 from relay.ingest.events import new_id
-from tests.conftest import Receiver, start_receiver
 
 SHORT = 0.3  # the timeouts under test, in seconds
+
+
+@attrs.define
+class Handler:
+    """What relay's server under test serves: it notes each request, answers 200 after
+    ``hang`` seconds. (conftest's Receiver is h11, not this server.)"""
+
+    hang: float = 0.0
+    url: str = ""
+    requests: list = attrs.Factory(list)
+
+    async def __call__(self, request: http_server.HTTPRequest) -> tuple[int, dict]:
+        self.requests.append(request)
+        await trio.sleep(self.hang)
+        return 200, {}
+
+
+async def start_server(nursery, handler: Handler | None = None) -> Handler:
+    handler = handler or Handler()
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    await nursery.start(http_server.HTTPServer(handler, max_body=1 << 20).serve, listeners)
+    host, port = listeners[0].socket.getsockname()[:2]
+    handler.url = f"http://{host}:{port}/hook"
+    return handler
 
 
 @pytest.fixture
@@ -30,7 +54,7 @@ def request(body: bytes = b"{}", length: int | None = None) -> bytes:
     return b"POST /hook HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (length, body)
 
 
-async def connect(receiver: Receiver) -> trio.SocketStream:
+async def connect(receiver: Handler) -> trio.SocketStream:
     host, port = receiver.url.removeprefix("http://").split("/")[0].rsplit(":", 1)
     return await trio.open_tcp_stream(host, int(port))
 
@@ -45,8 +69,8 @@ async def read_until_closed(stream: trio.SocketStream, within: float) -> bytes:
 
 
 @pytest.fixture
-async def served(nursery, short_timeouts) -> Receiver:
-    return await start_receiver(nursery)
+async def served(nursery, short_timeouts) -> Handler:
+    return await start_server(nursery)
 
 
 async def test_a_connection_that_sends_nothing_is_closed(served):
@@ -79,7 +103,7 @@ async def test_a_chunked_body_that_stalls_ends_the_connection(served):
 
 
 async def test_a_handler_slower_than_the_timeouts_still_answers(nursery, short_timeouts):
-    receiver = await start_receiver(nursery, Receiver(hang=SHORT * 4))
+    receiver = await start_server(nursery, Handler(hang=SHORT * 4))
     async with await connect(receiver) as stream:
         await stream.send_all(request())
         answer = await read_until_closed(stream, within=10)
@@ -114,7 +138,7 @@ def test_answers_are_framed_with_their_length(status, close):
     assert json.loads(body.data) == {"error": "é"}
 
 
-async def exchange(receiver: Receiver, data: bytes) -> bytes:
+async def exchange(receiver: Handler, data: bytes) -> bytes:
     """Send ``data``, return the answer (the server closes after a 400 and after HTTP/1.0)."""
     async with await connect(receiver) as stream:
         await stream.send_all(data)

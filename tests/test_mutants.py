@@ -1,0 +1,282 @@
+"""Promises that deliberate bugs (mutants planted one at a time) once broke with the whole suite
+still passing; each test here fails on its mutant (named in its docstring).
+
+Real parts: the relay in this process on a real journal, or the real daemon as a subprocess
+where the promise is about the process; receivers are conftest's (h11, not relay's HTTP).
+"""
+
+import json
+import signal
+import sqlite3
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from relay import config as config_module
+from relay.journal import committer
+from relay.journal import sqlite as journal_sql
+from relay.model import Outcome
+from relay.plugins.builtin.backoff import exponential
+from tests.conftest import RunningRelay, make_config, relay_of, seed_events, start_receiver
+from tests.daemon import Daemon, webhook_toml, write_config
+from tests.test_reload import relay_cli, wait_for_log
+
+STATUS = seed_events()[0]
+
+
+def journal_rows(path, sql: str) -> list[tuple]:
+    with sqlite3.connect(path, timeout=30) as conn:
+        return conn.execute(sql).fetchall()
+
+
+async def health(url: str) -> dict:
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        return (await client.get("/healthz")).json()
+
+
+@pytest.fixture
+def start_from_file(tmp_path, nursery):
+    """``await start_from_file(webhooks_toml, **relay_settings)``: a relay in this process on
+    a real relay.toml, which ``delivery = "process"`` needs (its process reads the file), as
+    does a reload."""
+
+    async def start(webhooks: str, **settings) -> RunningRelay:
+        path = tmp_path / "relay.toml"
+        relay_table = {
+            "listen": "127.0.0.1:0",
+            "state_dir": "state",
+            "allow_networks": ["127.0.0.0/8"],  # the receivers listen on loopback
+            **settings,
+        }
+        lines = "".join(f"{key} = {json.dumps(value)}\n" for key, value in relay_table.items())
+        path.write_text(f"[relay]\n{lines}{webhooks}")
+        relay = relay_of(config_module.load(path))
+        addresses = await nursery.start(relay.run)
+        tcp = next(a for a in addresses if not a.startswith("/"))
+        return RunningRelay(relay=relay, url=f"http://{tcp}", socket=None)
+
+    return start
+
+
+# -- the journal -------------------------------------------------------------------------
+
+
+async def test_concurrent_requests_share_commits(start_relay, monkeypatch):
+    """Mutant: the committer sends one operation per batch (group commit off). No webhook: an
+    outcome waiting to ride along with an append would gather the appends queued meanwhile
+    (so a committer that batched only then would pass)."""
+    batches: list[int] = []  # the appends in each batch the writer process commits
+    run = committer.ProcessWriter.run
+
+    async def noting(self, batch):
+        batches.append(sum(name == "append" for name, _ in batch))
+        return await run(self, batch)
+
+    monkeypatch.setattr(committer.ProcessWriter, "run", noting)
+    running = await start_relay([], journal="process")
+    count = 32
+    async with httpx.AsyncClient(base_url=running.url, timeout=30) as client:
+
+        async def post():
+            assert (await client.post("/events", json=STATUS)).status_code == 202
+
+        async with trio.open_nursery() as clients:
+            for _ in range(count):
+                clients.start_soon(post)
+    assert sum(batches) == count  # every request was one append
+    assert len([n for n in batches if n]) < count
+
+
+async def test_the_journal_is_wal_and_fsyncs_every_commit(tmp_path):
+    """Mutant: ``PRAGMA synchronous=OFF`` (or NORMAL) where the journal connects."""
+    conn = journal_sql.connect(tmp_path)
+    try:
+        assert conn.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    finally:
+        conn.close()
+    # The writer process's own connection set WAL on the file (a setting the file keeps).
+    async with committer.Journal.open(tmp_path / "process") as journal:
+        assert await journal.last_rowid() == 0
+    assert journal_rows(tmp_path / "process" / committer.FILENAME, "PRAGMA journal_mode") == [
+        ("wal",)
+    ]
+
+
+async def test_a_write_the_journal_refuses_is_a_503_and_nothing_is_kept(
+    start_relay, receiver, monkeypatch
+):
+    """Mutant: ingest acknowledges (202) what the journal failed to write. (A full disk: the
+    writer is alive, its transaction fails.)"""
+    running = await start_relay([{"id": "crm", "url": receiver.url}], journal="inline")
+
+    def full(conn, event_rows, delivery_rows):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    with monkeypatch.context() as patch:
+        patch.setitem(journal_sql.OPERATIONS, "append", full)
+        refused = await running.post(STATUS)
+    assert refused.status_code == 503, refused.text
+    assert "database or disk is full" in refused.json()["error"]
+    assert journal_rows(running.journal_path, "SELECT COUNT(*) FROM events") == [(0,)]
+    assert (await running.post(STATUS)).status_code == 202  # and it recovers
+    await receiver.wait_for(1)
+    assert receiver.requests[1:] == []  # the refused event was never delivered
+
+
+# -- what counts as delivered ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "state"),
+    [(200, "delivered"), (299, "delivered"), (300, "failed"), (301, "failed"), (399, "failed")],
+)
+async def test_only_a_2xx_answer_delivers(start_relay, receiver, status, state):
+    """Mutant: ``Outcome.ok`` taking 3xx (a redirect, which relay does not follow) as
+    delivered."""
+    receiver.statuses = [status]
+    running = await start_relay([{"id": "crm", "url": receiver.url, "tries": 1}])
+    assert (await running.post(STATUS)).status_code == 202
+    await receiver.wait_for(1)
+    with trio.fail_after(10):
+        while (rows := journal_rows(running.journal_path, "SELECT state FROM deliveries")) == [
+            ("pending",)
+        ]:
+            await trio.sleep(0.02)
+    assert rows == [(state,)]
+    assert journal_rows(running.journal_path, "SELECT status FROM attempts") == [(status,)]
+
+
+def test_jitter_spreads_retries_to_both_sides_of_the_schedule():
+    """Mutant: jitter that only ever lengthens (or only shortens) the delay."""
+    webhook = make_config(
+        Path("/tmp"),
+        [{"id": "w", "url": "http://x/", "backoff": {"first": 10.0, "jitter": 0.1}}],
+    ).webhooks[0]
+    failed = Outcome(duration=0.0, status=500)
+    delays = [exponential(webhook, 1, failed) for _ in range(2000)]
+    assert all(9.0 <= d <= 11.0 for d in delays)
+    assert min(delays) < 9.5 and max(delays) > 10.5  # both sides, and most of each side
+
+
+def test_an_answer_outside_2xx_or_with_an_error_is_not_ok():
+    assert [s for s in (100, 199, 200, 204, 299, 300, 400, 500) if Outcome(0.0, s).ok] == [
+        200,
+        204,
+        299,
+    ]
+    assert not Outcome(0.0, 200, error="plugin x failed").ok
+    assert not Outcome(0.0).ok
+
+
+def test_an_outcome_describes_itself_as_relay_deliveries_shows_it():
+    """``last_outcome`` in the journal, and the log's "attempt 2 failed (...)" (survivors of
+    scripts/mutate on relay/model.py)."""
+    assert Outcome(0.1, 204).describe() == "HTTP 204"
+    assert Outcome(0.1, 500).describe() == "HTTP 500"
+    assert Outcome(0.1, 200, error="plugin x (prepare_request): boom").describe() == (
+        "HTTP 200 (plugin x (prepare_request): boom)"
+    )
+    assert Outcome(0.1, error="no response within 3 s").describe() == "no response within 3 s"
+    assert Outcome(0.1).describe() == "failed"
+
+
+# -- /healthz ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("delivery", ["inline", "process"])
+async def test_healthz_counts_the_attempt_in_flight(start_from_file, nursery, delivery):
+    """Mutant: ``in_flight`` always 0 (in the dispatcher, or as the delivery process reports
+    it)."""
+    receiver = await start_receiver(nursery)
+    receiver.hang = 30.0
+    running = await start_from_file(webhook_toml("crm", receiver.url), delivery=delivery)
+    assert (await health(running.url))["in_flight"] == 0
+    assert (await running.post(STATUS)).status_code == 202
+    await receiver.wait_for(1)
+    with trio.fail_after(5):  # the delivery process reports every 0.5 s
+        while (await health(running.url))["in_flight"] < 1:
+            await trio.sleep(0.05)
+    assert (await health(running.url))["in_flight"] == 1
+
+
+# -- reload ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("delivery", ["inline", "process"])
+async def test_a_reload_in_this_process_applies_a_valid_file_and_refuses_an_invalid_one(
+    start_from_file, nursery, tmp_path, delivery
+):
+    """Mutant: the relay's own reload reads the file with the lenient loader of the admin
+    commands (with ``delivery = "process"`` the delivery process refused the file anyway;
+    inline nothing did)."""
+    first, added = await start_receiver(nursery), await start_receiver(nursery)
+    running = await start_from_file(webhook_toml("crm", first.url), delivery=delivery)
+    config = tmp_path / "relay.toml"
+    good = config.read_text()
+
+    config.write_text(good.replace('id = "crm"', 'id = "crm"\nsecret = 42'))
+    ok, answer = await running.relay.try_reload()
+    assert not ok
+    problem = "relay.toml: webhooks[0].secret: expected a string"
+    assert any(p.startswith(problem) for p in answer["problems"]), answer
+    assert [w.url for w in running.relay.config.webhooks] == [first.url]
+    assert (await running.post(STATUS)).status_code == 202
+    await first.wait_for(1)
+
+    config.write_text(good + webhook_toml("added", added.url))
+    ok, answer = await running.relay.try_reload()
+    assert ok and answer["added"] == ["added"], answer
+    assert (await running.post(STATUS)).status_code == 202
+    await first.wait_for(2)
+    await added.wait_for(1)
+
+
+async def test_the_daemon_with_inline_delivery_reloads_a_valid_file_and_refuses_an_invalid_one(
+    tmp_path, nursery
+):
+    """The same through the real daemon, whose delivery runs in the relay's process: no second
+    check stands behind the relay's own."""
+    first, added = await start_receiver(nursery), await start_receiver(nursery)
+    config = write_config(tmp_path, first.url, grace=0.5)
+    config.write_text(config.read_text().replace("[relay]", '[relay]\ndelivery = "inline"'))
+    good = config.read_text()
+    daemon = await Daemon(config).start()
+    try:
+        config.write_text(good.replace('id = "crm"', 'id = "crm"\nsecret = 42'))
+        result = relay_cli("reload", "--config", str(config))
+        assert result.returncode == 1, result.stdout
+        assert "relay.toml: webhooks[0].secret: expected a string" in result.stderr
+        async with httpx.AsyncClient(base_url=daemon.url, timeout=10) as client:
+            assert (await client.post("/events", json=STATUS)).status_code == 202
+        await first.wait_for(1)  # still served by the old configuration
+
+        config.write_text(good + webhook_toml("added", added.url))
+        daemon.process.send_signal(signal.SIGHUP)
+        await wait_for_log(daemon, "added: added")
+        async with httpx.AsyncClient(base_url=daemon.url, timeout=10) as client:
+            assert (await client.post("/events", json=STATUS)).status_code == 202
+        await added.wait_for(1)
+    finally:
+        daemon.process.terminate()
+        assert await daemon.wait() == 0
+
+
+async def test_watch_reloads_when_the_file_changes(tmp_path, nursery):
+    """Mutant: ``watch = true`` never reloading."""
+    first, added = await start_receiver(nursery), await start_receiver(nursery)
+    config = write_config(tmp_path, first.url, grace=0.5)
+    config.write_text(config.read_text().replace("[relay]", "[relay]\nwatch = true"))
+    daemon = await Daemon(config).start()
+    try:
+        config.write_text(config.read_text() + webhook_toml("added", added.url))
+        await wait_for_log(daemon, "added: added")  # polled every second
+        async with httpx.AsyncClient(base_url=daemon.url, timeout=10) as client:
+            assert (await client.post("/events", json=STATUS)).status_code == 202
+        await added.wait_for(1)
+        await first.wait_for(1)
+    finally:
+        daemon.process.terminate()
+        assert await daemon.wait() == 0
