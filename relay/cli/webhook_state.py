@@ -138,15 +138,9 @@ def _without_query(url: str) -> str:
 def remove(args) -> int:
     import tomlkit
 
-    from relay.cli.webhooks import _replace, _validate
+    from relay.cli.webhooks import _replace, _validate, read_document
 
-    path = args.config.resolve()
-    try:
-        document = tomlkit.parse(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise CommandError(f"{args.config}: cannot read: {e.strerror}") from None
-    except tomlkit.exceptions.ParseError as e:
-        raise CommandError(f"{path.name}: not valid TOML: {e}") from None
+    document, path = read_document(args.config)
     webhooks = document.get("webhooks")
     found = [i for i, w in enumerate(webhooks or []) if w.get("id") == args.id]
     if not found:

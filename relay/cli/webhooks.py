@@ -73,16 +73,23 @@ def _pair(text: str) -> tuple[str, str]:
     return key, value
 
 
+def read_document(config: Path):
+    """relay.toml as tomlkit reads it (comments and layout kept), and its resolved path."""
+    import tomlkit
+
+    path = config.resolve()
+    try:
+        return tomlkit.parse(path.read_text(encoding="utf-8")), path
+    except OSError as e:
+        raise CommandError(f"{config}: cannot read: {e.strerror}") from None
+    except tomlkit.exceptions.ParseError as e:
+        raise CommandError(f"{path.name}: not valid TOML: {e}") from None
+
+
 def add_webhook(args) -> int:
     import tomlkit
 
-    path = args.config.resolve()
-    try:
-        document = tomlkit.parse(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise CommandError(f"{args.config}: cannot read: {e.strerror}") from None
-    except tomlkit.exceptions.ParseError as e:
-        raise CommandError(f"{path.name}: not valid TOML: {e}") from None
+    document, path = read_document(args.config)
 
     webhooks = document.get("webhooks")
     if webhooks is None:
