@@ -17,7 +17,7 @@ import trio
 from relay import config as config_module
 from relay.journal import committer
 from relay.journal import sqlite as journal_sql
-from relay.model import Outcome
+from relay.model import Delivery, Event, Outcome
 from relay.plugins.builtin.backoff import exponential
 from tests.conftest import RunningRelay, make_config, relay_of, seed_events, start_receiver
 from tests.daemon import Daemon, webhook_toml, write_config
@@ -124,6 +124,79 @@ async def test_a_write_the_journal_refuses_is_a_503_and_nothing_is_kept(
     assert (await running.post(STATUS)).status_code == 202  # and it recovers
     await receiver.wait_for(1)
     assert receiver.requests[1:] == []  # the refused event was never delivered
+
+
+# Survivors of scripts/mutate on relay/journal/committer.py that showed a gap.
+
+
+def hook_delivery(n: int) -> Delivery:
+    return Delivery(f"d{n}", "hook", Event(f"e{n}", "whatsapp:message:status", b"{}", 0.0))
+
+
+async def test_recovery_in_steps_reaches_every_row(tmp_path):
+    """Mutant: the steps' bounds computed wrong (``after ^ step``): journals in the tests were
+    smaller than one step of 20,000 rows, so the second step was never taken."""
+    async with committer.Journal.open(tmp_path, mode="inline") as journal:
+        deliveries = [hook_delivery(n) for n in range(7)]
+        await journal.append([d.event for d in deliveries], deliveries, 1.0)
+    async with committer.Journal.open(tmp_path, mode="inline") as journal:
+        steps = []
+        assert await journal.recover(7, 2.0, step=2, wake=lambda: steps.append(1)) == 7
+        assert len(steps) == 4
+        assert len(await journal.claim_due("hook", 3.0, 100)) == 7
+
+
+async def test_an_attempt_is_recorded_as_finished_when_it_ended(tmp_path):
+    """Mutant: ``updated_at`` of an attempt's outcome miscomputed. Retention counts from it, and
+    recovery tells the dead run's rows from this run's by it."""
+    async with committer.Journal.open(tmp_path, mode="inline") as journal:
+        d = hook_delivery(1)
+        await journal.append([d.event], [d], 1.0)
+        await journal.record_attempt(d, 100.0, Outcome(2.5, 204), next_at=None)
+    path = tmp_path / committer.FILENAME
+    assert journal_rows(path, "SELECT state, updated_at FROM deliveries") == [("delivered", 102.5)]
+    assert journal_rows(path, "SELECT started_at, duration, status FROM attempts") == [
+        (100.0, 2.5, 204)
+    ]
+
+
+async def test_writes_that_merge_land_on_their_own_rows(tmp_path):
+    """Mutant: a merged write's rows added to the batch's first operation, not the one it
+    merges into (``batch[-0]``): a batch of a hand-back then two outcomes."""
+    async with committer.Journal.open(tmp_path, mode="inline") as journal:
+        ds = [hook_delivery(n) for n in range(3)]
+        await journal.append([d.event for d in ds], ds, 1.0)
+        await journal.put_to_sleep([ds[0].id], 5.0)
+        await journal.record_attempt(ds[1], 2.0, Outcome(0.5, 204), next_at=None)
+        await journal.record_attempt(ds[2], 2.0, Outcome(0.5, 500), next_at=None)
+        assert [d.id for d in await journal.claim_due("hook", 6.0, 10)] == ["d0"]
+    path = tmp_path / committer.FILENAME
+    assert journal_rows(path, "SELECT id, state FROM deliveries ORDER BY id") == [
+        ("d0", "pending"),
+        ("d1", "delivered"),
+        ("d2", "failed"),
+    ]
+
+
+async def test_a_batch_holds_at_most_max_batch_operations(tmp_path, monkeypatch):
+    """Mutant: the cap compared by identity (``is not MAX_BATCH``), so never reached."""
+    monkeypatch.setattr(committer, "MAX_BATCH", 300)  # past the small ints Python caches
+    sizes = []
+    inline = await committer.InlineWriter.start(tmp_path)
+
+    class Noting:
+        async def run(self, batch):
+            sizes.append(len(batch))
+            return await inline.run(batch)
+
+        async def aclose(self):
+            await inline.aclose()
+
+    async with committer.Journal.running(Noting(), ride_along=0) as journal:
+        async with trio.open_nursery() as nursery:
+            for _ in range(700):
+                nursery.start_soon(journal.last_rowid)
+    assert sum(sizes) == 700 and max(sizes) == 300
 
 
 # -- what counts as delivered ----------------------------------------------------------------
