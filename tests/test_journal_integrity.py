@@ -188,7 +188,8 @@ async def test_relay_journal_check_says_ok_or_what_is_wrong(tmp_path):
     make_journal(tmp_path / "state")
     done = await relay_cli("journal", "check", "-c", str(config))
     assert done.returncode == 0, done.stderr
-    summary = "ok (schema 2; 4,000 events; deliveries: 3,000 delivered, 1,000 pending)"
+    schema = journal_sql.SCHEMA_VERSION
+    summary = f"ok (schema {schema}; 4,000 events; deliveries: 3,000 delivered, 1,000 pending)"
     assert f"{tmp_path / 'state' / journal_sql.FILENAME}: {summary}" in done.stdout
 
     garbage_in_the_middle(tmp_path / "state" / journal_sql.FILENAME)

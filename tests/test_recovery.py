@@ -20,6 +20,7 @@ from relay import daemon as daemon_module
 from relay.clock import Clock
 from relay.http.server import HTTPRequest
 from relay.ingest.api import Api
+from relay.journal import schema
 from relay.journal import sqlite as journal_sql
 from relay.journal.committer import InlineWriter
 from tests.conftest import (
@@ -212,6 +213,37 @@ async def test_a_journal_of_schema_1_is_migrated_and_its_in_flight_deliveries_re
         assert conn.execute("PRAGMA user_version").fetchone() == (journal_sql.SCHEMA_VERSION,)
         # Recovered, then claimed by the journal's first run.
         assert conn.execute("SELECT held_by FROM deliveries").fetchall() == [(1,)]
+
+
+def test_a_journal_of_schema_2_gains_requests_responses_replays_and_order_keys(tmp_path):
+    """Schema 2 to 3 keeps every row, and adds what operators read (attempts' request and
+    response), replays, and ordering per key, with the values that mean "none yet"."""
+    state = tmp_path / "state"
+    state.mkdir()
+    with sqlite3.connect(state / journal_sql.FILENAME) as conn:
+        conn.executescript(SCHEMA_1)
+        schema._migrate_from_1(conn)
+        conn.execute("INSERT INTO events VALUES ('e1', 'whatsapp:message:status', '{}', 1.0)")
+        conn.execute(
+            "INSERT INTO deliveries (id, event_id, webhook_id, state, attempts, created_at,"
+            " updated_at) VALUES ('d1', 'e1', 'crm', 'failed', 3, 1.0, 2.0)"
+        )
+        conn.execute("INSERT INTO attempts VALUES ('d1', 3, 1.5, 0.1, 500, NULL)")
+        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+    conn.close()
+    conn = journal_sql.connect(state)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+        assert conn.execute(
+            "SELECT state, attempts, order_key, attempt_base FROM deliveries"
+        ).fetchall() == [("failed", 3, None, 0)]
+        assert conn.execute(
+            "SELECT number, status, request, response FROM attempts"
+        ).fetchall() == [(3, 500, None, None)]
+        assert conn.execute("SELECT count(*) FROM replays").fetchone() == (0,)
+        assert journal_sql.schema_problems(schema._columns(conn)) == []
+    finally:
+        conn.close()
 
 
 # -- a real disk that fills ---------------------------------------------------------------------

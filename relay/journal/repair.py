@@ -51,7 +51,12 @@ def check(state_dir: Path) -> tuple[bool, list[str]]:
         problems = [f"quick_check: {p}" for p in integrity.quick_check(conn, limit=20)]
         version = _read(conn, "PRAGMA user_version", problems)
         tables = _tables(conn, problems)
-        if version and version[0][0] == 1:  # migrated at the next start: not a problem
+        old = version[0][0] if version else journal_sql.SCHEMA_VERSION
+        if old <= 2:  # migrated at the next start: not a problem
+            tables.get("deliveries", set()).update({"order_key", "attempt_base"})
+            tables.get("attempts", set()).update({"request", "response"})
+            tables["replays"] = journal_sql.COLUMNS["replays"]
+        if old == 1:
             tables["runs"] = journal_sql.COLUMNS["runs"]
             tables.get("deliveries", set()).add("held_by")
         if tables or not problems:
@@ -307,8 +312,9 @@ def _transaction(conn, work) -> None:
 def _copy_attempts(src, dest, report: Salvaged) -> None:
     """Attempts by the ids of the deliveries copied (the table has no rowids to range over);
     a chunk that fails is read one delivery at a time."""
-    insert = "INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?, ?)"
-    select = "SELECT delivery_id, number, started_at, duration, status, error FROM attempts"
+    columns = "delivery_id, number, started_at, duration, status, error"
+    insert = f"INSERT OR REPLACE INTO attempts ({columns}) VALUES (?, ?, ?, ?, ?, ?)"
+    select = f"SELECT {columns} FROM attempts"
     ids = [
         i for (i,) in dest.execute("SELECT id FROM deliveries WHERE attempts > 0 ORDER BY rowid")
     ]

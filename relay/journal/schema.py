@@ -18,7 +18,10 @@ from relay.journal.integrity import JournalDamaged
 
 FILENAME = "journal.sqlite3"
 # 2: runs, and deliveries.held_by (recovery by run, not by comparing wall-clock times).
-SCHEMA_VERSION = 2
+# 3: what operators look at and ask for: each attempt's request and response
+# (attempts.request, .response), replays, and ordering per key (deliveries.order_key,
+# .attempt_base).
+SCHEMA_VERSION = 3
 
 # One row per start of a writer: a run's id marks the deliveries it holds in memory, so that
 # the next run knows them for a dead one's without comparing wall-clock times (a clock may
@@ -29,6 +32,16 @@ CREATE TABLE IF NOT EXISTS runs (
     started_at REAL NOT NULL,
     seen_at REAL
 );
+"""
+# Replays (relay replay): a delivery given a fresh attempt budget, by whom and when.
+REPLAYS = """
+CREATE TABLE IF NOT EXISTS replays (
+    delivery_id TEXT NOT NULL,
+    replayed_at REAL NOT NULL,
+    by TEXT NOT NULL,
+    attempts_before INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS replays_by_delivery ON replays (delivery_id);
 """
 SCHEMA = (
     """
@@ -48,7 +61,9 @@ CREATE TABLE IF NOT EXISTS deliveries (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     last_outcome TEXT,
-    held_by INTEGER                         -- the run (runs.id) that took it into memory
+    held_by INTEGER,                        -- the run (runs.id) that took it into memory
+    order_key TEXT,                         -- order_by's value (NULL: not ordered)
+    attempt_base INTEGER NOT NULL DEFAULT 0 -- attempts made before its last replay
 );
 CREATE INDEX IF NOT EXISTS deliveries_asleep
     ON deliveries (webhook_id, next_at) WHERE next_at IS NOT NULL;
@@ -73,6 +88,8 @@ CREATE TABLE IF NOT EXISTS attempts (
     duration REAL NOT NULL,
     status INTEGER,
     error TEXT,
+    request BLOB,                           -- the request as sent, secrets masked
+    response BLOB,                          -- its answer's head and first bytes of body
     PRIMARY KEY (delivery_id, number)
 ) WITHOUT ROWID;
 -- Delivery reports: the webhook that wants the later events of a message (POST /reports, or
@@ -88,6 +105,11 @@ CREATE INDEX IF NOT EXISTS bindings_by_expiry ON bindings (expires_at);
 -- Webhooks switched off while their settings stay (relay webhooks disable, a 410 Gone,
 -- disable_after): a disabled webhook's deliveries sleep in the journal, unattempted, until it
 -- is enabled. One row per webhook whose state ever changed; relay/journal/states.py.
+-- Ordering per key (order_by): a webhook's pending deliveries of one key, oldest first. A
+-- delivery whose key has an earlier one pending waits with next_at = +inf (never due) until
+-- that one finishes.
+CREATE INDEX IF NOT EXISTS deliveries_ordered
+    ON deliveries (webhook_id, order_key) WHERE state = 'pending' AND order_key IS NOT NULL;
 CREATE TABLE IF NOT EXISTS webhook_state (
     webhook_id TEXT PRIMARY KEY,
     enabled INTEGER NOT NULL,
@@ -96,6 +118,7 @@ CREATE TABLE IF NOT EXISTS webhook_state (
 ) WITHOUT ROWID;
 """
     + RUNS
+    + REPLAYS
 )
 
 # The tables and columns a journal must have (what a damaged schema lacks).
@@ -112,10 +135,22 @@ COLUMNS = {
         "updated_at",
         "last_outcome",
         "held_by",
+        "order_key",
+        "attempt_base",
     },
-    "attempts": {"delivery_id", "number", "started_at", "duration", "status", "error"},
+    "attempts": {
+        "delivery_id",
+        "number",
+        "started_at",
+        "duration",
+        "status",
+        "error",
+        "request",
+        "response",
+    },
     "bindings": {"message_id", "webhook_id", "expires_at"},
     "runs": {"id", "started_at", "seen_at"},
+    "replays": {"delivery_id", "replayed_at", "by", "attempts_before"},
 }
 
 
@@ -197,12 +232,14 @@ def _prepare(conn: JournalConnection, path: Path) -> None:
         integrity.write_marker(path)
         return
     integrity.check_pages(conn, path)
-    if version == 1:
-        try:
-            _migrate_from_1(conn)
-        except sqlite3.OperationalError as e:  # no deliveries table to alter, say
-            raise integrity.damaged(path, f"schema 1: {e}") from None
-        tables = _columns(conn)
+    for old, migrate in ((1, _migrate_from_1), (2, _migrate_from_2)):
+        if version == old:
+            try:
+                migrate(conn)
+            except sqlite3.OperationalError as e:  # no deliveries table to alter, say
+                raise integrity.damaged(path, f"schema {old}: {e}") from None
+            version += 1
+    tables = _columns(conn)
     if problems := schema_problems(tables):
         raise integrity.damaged(path, "; ".join(problems))
     conn.executescript(SCHEMA)  # indexes added since the journal was made
@@ -236,6 +273,19 @@ def _migrate_from_1(conn) -> None:
     conn.executescript(
         "BEGIN IMMEDIATE; ALTER TABLE deliveries ADD COLUMN held_by INTEGER;"
         f" {RUNS} PRAGMA user_version=2; COMMIT;"
+    )
+
+
+def _migrate_from_2(conn) -> None:
+    """Schema 2 to 3: attempts' request and response, replays, and ordering per key (its
+    index is made by SCHEMA afterwards). ADD COLUMN rewrites no rows."""
+    conn.executescript(
+        "BEGIN IMMEDIATE;"
+        " ALTER TABLE deliveries ADD COLUMN order_key TEXT;"
+        " ALTER TABLE deliveries ADD COLUMN attempt_base INTEGER NOT NULL DEFAULT 0;"
+        " ALTER TABLE attempts ADD COLUMN request BLOB;"
+        " ALTER TABLE attempts ADD COLUMN response BLOB;"
+        f" {REPLAYS} PRAGMA user_version=3; COMMIT;"
     )
 
 

@@ -106,7 +106,11 @@ def expire_bindings(conn, now, limit):
 def record_attempts(conn, attempt_rows, delivery_rows):
     """Attempts ``(delivery_id, number, started_at, duration, status, error)`` and what follows
     each: ``(state, attempts, next_at, updated_at, last_outcome, delivery_id)``."""
-    conn.executemany("INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?, ?)", attempt_rows)
+    conn.executemany(
+        "INSERT OR REPLACE INTO attempts (delivery_id, number, started_at, duration, status, error)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        attempt_rows,
+    )
     conn.executemany(
         "UPDATE deliveries SET state = ?, attempts = ?, next_at = ?, updated_at = ?,"
         " last_outcome = ? WHERE id = ?",
