@@ -12,7 +12,15 @@ from attrs import field, frozen
 
 from relay.http.messages import PermanentFailure, Request, Response
 
-__all__ = ["Delivery", "Event", "Outcome", "PermanentFailure", "Request", "Response"]
+__all__ = [
+    "Delivery",
+    "Event",
+    "Outcome",
+    "PermanentFailure",
+    "Request",
+    "Response",
+    "order_key",
+]
 
 
 @frozen
@@ -35,12 +43,29 @@ class Event:
 
 @frozen
 class Delivery:
-    """One event on its way to one webhook; ``attempts`` counts the attempts already made."""
+    """One event on its way to one webhook; ``attempts`` counts the attempts already made.
+    ``order_key``: its key when the webhook orders by one (``order_by``), else None."""
 
     id: str
     webhook_id: str
     event: Event
     attempts: int = 0
+    order_key: str | None = None
+
+
+def order_key(data: Any, path: str) -> str | None:
+    """The value at ``path`` (``"payload.id"``) in an event's envelope, as the key that orders
+    its deliveries: a string as it is, any other JSON value as its compact JSON (``7`` and
+    ``"7"`` are different keys); None when the path leads nowhere or to null (no order)."""
+    for name in path.split("."):
+        if not isinstance(data, dict):
+            return None
+        data = data.get(name)
+    if data is None:
+        return None
+    if isinstance(data, str):
+        return data
+    return json.dumps(data, separators=(",", ":"), sort_keys=True)
 
 
 @frozen

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import attrs
@@ -88,6 +89,7 @@ class Receiver:
     requests: list[Arrived] = attrs.Factory(list)
     statuses: list[int] = attrs.Factory(list)  # answers to give, in order; then 200
     hang: float = 0.0  # seconds to wait before answering
+    answer: Callable[[Arrived], int] | None = None  # the status for each request, if set
     _arrived: trio.Event = attrs.Factory(trio.Event)
 
     async def serve(self, stream: trio.abc.Stream) -> None:
@@ -117,7 +119,10 @@ class Receiver:
                 self._arrived.set()
                 if self.hang:
                     await trio.sleep(self.hang)
-                status = self.statuses.pop(0) if self.statuses else 200
+                if self.answer is not None:
+                    status = self.answer(self.requests[-1])
+                else:
+                    status = self.statuses.pop(0) if self.statuses else 200
                 response = h11.Response(status_code=status, headers=[("content-length", "0")])
                 await stream.send_all(conn.send(response) + conn.send(h11.EndOfMessage()))
                 if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import re
 import sys
 import time
@@ -124,7 +125,7 @@ def _outcome(row: DeliveryRow) -> str:
 
 
 def _iso(at: float | None) -> str | None:
-    if at is None:
+    if at is None or at == math.inf:  # inf: waits for an earlier delivery of its key
         return None
     return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")
 
@@ -239,6 +240,8 @@ def _next(row: DeliveryRow, now: float) -> str:
         return "-"
     if row.next_at is None:
         return "now"  # in the relay's memory: queued or under way (or, if none runs, at start)
+    if row.next_at == math.inf:
+        return "after its key"  # order_by: once the earlier delivery of its key has ended
     if row.next_at <= now:
         return "due"
     seconds = row.next_at - now

@@ -117,6 +117,8 @@ def show(args) -> int:
             f" max {webhook.backoff.max:g} s",
         ),
         ("concurrency", str(webhook.concurrency)),
+        ("rate", "-" if webhook.rate is None else f"{float(webhook.rate):g}/s"),
+        ("order_by", webhook.order_by or "-"),
         ("disable_after", "-" if webhook.disable_after is None else f"{webhook.disable_after:g} s"),
         ("signer", webhook.signer),
         ("transport", webhook.transport),

@@ -28,6 +28,7 @@ from relay.config.schema import (
     DeliverySettings,
     Duration,
     FieldError,
+    Rate,
     RelaySettings,
     Webhook,
 )
@@ -44,6 +45,7 @@ def converter() -> cattrs.Converter:
     c.register_structure_hook(int, lambda v, _: _expect(v, int))
     c.register_structure_hook(bool, lambda v, _: _expect_bool(v))
     c.register_structure_hook(Duration, lambda v, _: Duration.parse(v))
+    c.register_structure_hook(Rate, lambda v, _: Rate.parse(v))
     secret_type = str | tuple[str, ...] | None
     c.register_structure_hook_func(lambda t: t == secret_type, _structure_secret)
     c.register_structure_hook_func(lambda t: t == dict[str, Any], lambda v, _: dict(v))

@@ -26,6 +26,7 @@ from relay.config import Config, Webhook
 from relay.delivery.attempt import Attempts
 from relay.delivery.health import Health
 from relay.delivery.outcomes import delivery_fields, log_outcome
+from relay.delivery.rate import bucket_for
 from relay.delivery.stats import DeliveryStats
 from relay.journal import Journal, JournalError
 from relay.journal.states import WebhookState
@@ -59,6 +60,7 @@ class Lane:
         # False while the webhook is disabled (relay/delivery/health.py): what reaches the
         # lane goes back to the journal, unattempted, and the scheduler claims nothing for it.
         self.enabled = webhook.enabled
+        self.bucket = bucket_for(webhook)  # rate = "...": paces the attempts; None: no pace
 
     def room(self) -> int:
         return self.queue - self._send.statistics().current_buffer_used
@@ -81,6 +83,13 @@ class Lane:
         """Start no more attempts; those in flight finish, and ``run`` returns after them."""
         self.stopped = True
         self._send.close()  # workers waiting for a delivery see the end of the queue
+
+    def reconfigure(self, webhook: Webhook) -> None:
+        """Take a reloaded webhook's settings: the next attempts use them."""
+        if webhook.rate != self.webhook.rate:
+            self.bucket = bucket_for(webhook)
+        self.webhook = webhook
+        self.resize()
 
     def resize(self) -> None:
         """Match the workers to ``webhook.concurrency`` (after a reload)."""
@@ -127,6 +136,11 @@ class Lane:
             if self.overflowed and self.room() > self.queue // 2:
                 self.overflowed = False
                 dispatcher.scheduler.wake()
+            if self.bucket is not None:
+                await self.bucket.take()
+                if self.stopped or not self.enabled:  # while it waited for its turn
+                    await dispatcher.journal.put_to_sleep([delivery.id], dispatcher.clock.now())
+                    continue
             self.busy += 1
             try:
                 # The webhook as it is now: a reload changes the next attempts, never one in
@@ -226,6 +240,7 @@ class Dispatcher:
             for lane in self.lanes.values():
                 nursery.start_soon(lane.run, self)
             nursery.start_soon(self._run_scheduler)
+            nursery.start_soon(self._release_unordered)
 
     async def _run_scheduler(self) -> None:
         with self._scheduler_scope:
@@ -251,8 +266,7 @@ class Dispatcher:
                 lane = self.lanes[webhook.id] = Lane(webhook, config.relay.queue)
                 self._nursery.start_soon(lane.run, self)
             else:
-                lane.webhook = webhook
-                lane.resize()
+                lane.reconfigure(webhook)
         for webhook_id in sorted(set(self.lanes) - {w.id for w in config.webhooks}):
             self.lanes.pop(webhook_id).stop()
             log.info(
@@ -262,6 +276,17 @@ class Dispatcher:
                 extra={"webhook": webhook_id},
             )
         self._apply_states()
+        self._nursery.start_soon(self._release_unordered)
+
+    async def _release_unordered(self) -> None:
+        """The deliveries that wait for their key, of webhooks that no longer order by one
+        (order_by removed, by a reload or while the relay was stopped), become due."""
+        unordered = [w.id for w in self.config.webhooks if w.order_by is None]
+        try:
+            if await self.journal.release_waiting(unordered, self.clock.now()):
+                self.scheduler.wake()
+        except JournalError as e:  # a full disk, say: the next start or reload tries again
+            log.error("the journal failed to release deliveries waiting for a key: %s", e)
 
     # -- disabled webhooks (relay/delivery/health.py) -------------------------------------
 
@@ -325,7 +350,13 @@ class Dispatcher:
             self.scheduler.wake()
 
     async def deliver(self, webhook: Webhook, delivery: Delivery) -> None:
-        delivery = Delivery(delivery.id, delivery.webhook_id, delivery.event, delivery.attempts + 1)
+        delivery = Delivery(
+            delivery.id,
+            delivery.webhook_id,
+            delivery.event,
+            delivery.attempts + 1,
+            delivery.order_key,
+        )
         started_at = self.clock.now()
         request, outcome = await self.attempts(webhook, delivery)
         self.attempts.finished(webhook, delivery, request, outcome)
@@ -335,7 +366,10 @@ class Dispatcher:
             delay = self._retry_delay(webhook, delivery, outcome)
             if delay is not None:
                 next_at = started_at + outcome.duration + delay
-        await self.journal.record_attempt(delivery, started_at, outcome, next_at=next_at)
+        ordered = webhook.order_by is not None
+        await self.journal.record_attempt(
+            delivery, started_at, outcome, next_at=next_at, ordered=ordered
+        )
         self.stats.record(
             webhook.id, outcome, final=next_at is None, ended_at=started_at + outcome.duration
         )
@@ -343,6 +377,8 @@ class Dispatcher:
         log_outcome(webhook.id, delivery, outcome, retry_in)
         if next_at is not None:
             self.scheduler.wake(next_at)
+        elif ordered:  # the next of its key, if one waited, is due now
+            self.scheduler.wake()
         if outcome.ok:
             self.health.succeeded(webhook)
         else:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -37,7 +37,7 @@ import trio
 
 from relay.journal import lock
 from relay.journal import sqlite as journal_sql
-from relay.journal.bindings import Reporting
+from relay.journal.bindings import NOTHING_ADDED, Appended, Reporting
 from relay.journal.health import Health
 from relay.journal.health import Op as _Op
 from relay.journal.states import States
@@ -127,29 +127,60 @@ class Journal(Reporting, States):
     # -- writes the caller waits for (durable on return) --------------------------------
 
     async def append(
-        self, events: Sequence[Event], deliveries: Iterable[Delivery], now: float, **reporting
-    ) -> list[Delivery]:
+        self,
+        events: Sequence[Event],
+        deliveries: Iterable[Delivery],
+        now: float,
+        *,
+        order_by: Mapping[str, str] | None = None,
+        **reporting,
+    ) -> Appended:
         """Journal new events and their deliveries; returns once they are on disk. With them,
-        ``bindings`` and ``reports`` (relay/journal/bindings.py); returns the deliveries that
-        reports add."""
+        ``bindings`` and ``reports`` (relay/journal/bindings.py), and ``order_by``: the
+        webhooks that order their deliveries by key (``{webhook_id: path}``; a delivery's key
+        is its ``order_key``). Says which deliveries reports added, and which wait for an
+        earlier one of their key."""
         event_rows = [(e.id, e.name, e.body, e.received_at) for e in events]
-        delivery_rows = [(d.id, d.event.id, d.webhook_id, now, now) for d in deliveries]
-        if reporting:
-            return await self._append_reporting(event_rows, delivery_rows, events, now, **reporting)
+        if order_by:
+            delivery_rows = [
+                (d.id, d.event.id, d.webhook_id, now, now)
+                for d in deliveries
+                if d.order_key is None
+            ]
+            ordered_rows = [
+                (d.id, d.event.id, d.webhook_id, now, now, d.order_key)
+                for d in deliveries
+                if d.order_key is not None
+            ]
+            ordered = (ordered_rows, dict(order_by))
+        else:
+            delivery_rows = [(d.id, d.event.id, d.webhook_id, now, now) for d in deliveries]
+            ordered = None
+        if reporting or ordered:
+            return await self._append_reporting(
+                event_rows, delivery_rows, events, now, ordered=ordered, **reporting
+            )
         await self._call("append", event_rows, delivery_rows)
-        return []
+        return NOTHING_ADDED
 
     # -- writes queued in order, not waited for ------------------------------------------
     # Losing one of these in a crash only repeats an attempt: the row is still pending. One
     # that fails is kept and sent again until it is written (relay/journal/health.py).
 
     async def record_attempt(
-        self, delivery: Delivery, started_at: float, outcome: Outcome, *, next_at: float | None
+        self,
+        delivery: Delivery,
+        started_at: float,
+        outcome: Outcome,
+        *,
+        next_at: float | None,
+        ordered: bool = False,
     ) -> None:
         """Record attempt ``delivery.attempts`` and what follows it.
 
         ``next_at`` set: the delivery sleeps until then. Otherwise it is finished: delivered
-        when the outcome is ok, failed when not.
+        when the outcome is ok, failed when not; and when ``ordered`` (its webhook orders by
+        key), the next delivery of its key becomes due, in the same transaction.
         """
         state = "pending" if next_at is not None else ("delivered" if outcome.ok else "failed")
         attempt = (
@@ -168,7 +199,11 @@ class Journal(Reporting, States):
             outcome.describe(),
             delivery.id,
         )
-        await self._submit("record_attempts", [attempt], [update])
+        # Known by the webhook, not by ``delivery.order_key``: a delivery claimed from the
+        # journal, or added by a report, does not carry its key in memory.
+        finished = ordered and next_at is None
+        release = [(started_at + outcome.duration, delivery.id)] if finished else []
+        await self._submit("record_attempts", [attempt], [update], release)
 
     async def put_to_sleep(self, delivery_ids: Iterable[str], until: float) -> None:
         """Hand deliveries that memory has no room for back to the journal, due at ``until``."""
@@ -210,6 +245,11 @@ class Journal(Reporting, States):
             )
             for delivery_id, attempts, event_id, name, body, received_at in rows
         ]
+
+    async def release_waiting(self, webhook_ids: Iterable[str], now: float) -> int:
+        """Make the deliveries to ``webhook_ids`` that wait for their key due (those webhooks
+        no longer order by one); returns how many."""
+        return await self._call("release_waiting", list(webhook_ids), now)
 
     async def next_due(self, webhook_ids: Iterable[str]) -> float:
         """When the earliest sleeping delivery to any of ``webhook_ids`` is due (inf: none)."""
