@@ -266,6 +266,20 @@ async def test_a_delivery_report_is_ordered_with_the_events_of_its_message(
     assert transport.delivered["m1"] == ["sent", "delivered", "read"]
 
 
+def test_the_ordering_statements_search_an_index(tmp_path):
+    """Each is one indexed search however many deliveries wait: at a million pending, a scan
+    per ordered append or per start would stall the writer."""
+    conn = journal_sql.connect(tmp_path)
+    for sql, params in [
+        (journal_sql.KEY_IS_BUSY, ("crm", "k", None)),
+        (journal_sql.RELEASE_NEXT, (1.0, "d1", journal_sql.WAITING)),
+        (journal_sql.RELEASE_WAITING, (1.0, "crm", journal_sql.WAITING)),
+    ]:
+        plan = " / ".join(r[-1] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, params))
+        assert "SCAN" not in plan and "deliveries_pending" not in plan, plan
+    conn.close()
+
+
 # -- rate -------------------------------------------------------------------------------------
 
 

@@ -91,14 +91,26 @@ def append_ordered(conn, event_rows, delivery_rows, binding_rows, report_rows, n
 def _key_is_busy(conn, webhook_id, key, besides=None) -> bool:
     """Whether a delivery of ``key`` to ``webhook_id`` (other than ``besides``) is pending:
     one indexed lookup (deliveries_ordered)."""
-    return (
-        conn.execute(
-            "SELECT 1 FROM deliveries WHERE webhook_id = ? AND order_key = ?"
-            " AND state = 'pending' AND id IS NOT ? LIMIT 1",
-            (webhook_id, key, besides),
-        ).fetchone()
-        is not None
-    )
+    return conn.execute(KEY_IS_BUSY, (webhook_id, key, besides)).fetchone() is not None
+
+
+KEY_IS_BUSY = (
+    "SELECT 1 FROM deliveries WHERE webhook_id = ? AND order_key = ?"
+    " AND state = 'pending' AND id IS NOT ? LIMIT 1"
+)
+# The oldest pending of a finished delivery's key, if it waits (a replayed one may be pending
+# already): ``(now, finished delivery's id, WAITING)``.
+RELEASE_NEXT = (
+    "UPDATE deliveries SET next_at = ?1 WHERE next_at = ?3 AND rowid = ("
+    " SELECT n.rowid FROM deliveries d JOIN deliveries n INDEXED BY deliveries_ordered"
+    " ON n.webhook_id = d.webhook_id AND n.order_key = d.order_key"
+    " AND n.state = 'pending' WHERE d.id = ?2 ORDER BY n.rowid LIMIT 1)"
+)
+# Else the planner walks every pending delivery (deliveries_pending).
+RELEASE_WAITING = (
+    "UPDATE deliveries INDEXED BY deliveries_asleep SET next_at = ?"
+    " WHERE webhook_id = ? AND next_at = ? AND state = 'pending'"
+)
 
 
 def _append_in_order(conn, row) -> bool:
@@ -128,11 +140,7 @@ def release_waiting(conn, webhook_ids, now):
     webhooks that no longer have ``order_by`` (at start, and on reload). Through the index on
     ``(webhook_id, next_at)``: those that wait are at its end."""
     return sum(
-        conn.execute(
-            "UPDATE deliveries SET next_at = ? WHERE webhook_id = ? AND next_at = ?"
-            " AND state = 'pending'",
-            (now, webhook_id, WAITING),
-        ).rowcount
+        conn.execute(RELEASE_WAITING, (now, webhook_id, WAITING)).rowcount
         for webhook_id in webhook_ids
     )
 
@@ -198,14 +206,7 @@ def record_attempts(conn, attempt_rows, delivery_rows, release_rows=()):
         delivery_rows,
     )
     if release_rows:
-        # The oldest pending of the key, if it waits (a replayed one may be pending already).
-        conn.executemany(
-            "UPDATE deliveries SET next_at = ?1 WHERE next_at = ?3 AND rowid = ("
-            " SELECT n.rowid FROM deliveries d JOIN deliveries n INDEXED BY deliveries_ordered"
-            " ON n.webhook_id = d.webhook_id AND n.order_key = d.order_key"
-            " AND n.state = 'pending' WHERE d.id = ?2 ORDER BY n.rowid LIMIT 1)",
-            [(now, delivery_id, WAITING) for now, delivery_id in release_rows],
-        )
+        conn.executemany(RELEASE_NEXT, [(now, d, WAITING) for now, d in release_rows])
 
 
 def put_to_sleep(conn, rows):
