@@ -20,6 +20,9 @@ from relay.model import Response
 from relay.plugins import Components, hookimpl, make_plugin_manager
 from tests.daemon import kill_leftovers
 
+# postgresql_server, postgresql_url, journal_url: a private PostgreSQL for the journal's tests.
+pytest_plugins = ("tests.postgres",)
+
 SEED = Path(__file__).parent.parent / "relay" / "compose" / "examples.json"
 
 
@@ -181,9 +184,13 @@ class RunningRelay:
             )
 
 
-def make_config(tmp_path: Path, webhooks: list[dict], **relay_settings) -> config_module.Config:
+def make_config(
+    tmp_path: Path, webhooks: list[dict], *, journal_url: str | None = None, **relay_settings
+) -> config_module.Config:
     # Delivery in this process: the relay runs in the test's trio run (its clock may be mocked,
     # its plugins registered in code). tests/daemon.py runs the real process split.
+    # journal_url: a PostgreSQL journal (tests/postgres.py), else SQLite in the state_dir.
+    journal = {"journal": {"url": journal_url}} if journal_url else {}
     relay = {
         "listen": "127.0.0.1:0",
         "state_dir": str(tmp_path / "state"),
@@ -192,7 +199,7 @@ def make_config(tmp_path: Path, webhooks: list[dict], **relay_settings) -> confi
         **relay_settings,
     }
     return config_module.parse(
-        {"relay": relay, "webhooks": webhooks}, (tmp_path / "relay.toml").absolute()
+        {"relay": relay, "webhooks": webhooks, **journal}, (tmp_path / "relay.toml").absolute()
     )
 
 

@@ -352,6 +352,10 @@ tries = 10
             answer_ = await client.post(daemon.url + "/events", json=status_event("m1", status))
             assert answer_.status_code == 202
     await receiver.wait_for(1)  # sent's first attempt, failed: its retry is 3 s away
+    state = tmp_path / "state" / journal_sql.FILENAME
+    with trio.fail_after(10):  # killed once that retry is on disk (a kill before is another test)
+        while not _asleep(state):
+            await trio.sleep(0.01)
     daemon.kill_9("relay")
     await daemon.wait()
     # The stopped journal says which wait for their key.
@@ -374,3 +378,12 @@ tries = 10
     ]
     daemon.process.terminate()
     await daemon.wait()
+
+
+def _asleep(path) -> bool:
+    with sqlite3.connect(path, timeout=30) as conn:
+        found = conn.execute(
+            "SELECT 1 FROM deliveries WHERE next_at IS NOT NULL AND next_at < 1e300"
+        ).fetchall()
+    conn.close()
+    return bool(found)

@@ -60,8 +60,8 @@ def disk(monkeypatch) -> list[FillingDisk]:
     opened: list[FillingDisk] = []
     start = InlineWriter.start.__func__
 
-    async def filling(cls, state_dir):
-        opened.append(FillingDisk(await start(cls, state_dir)))
+    async def filling(cls, state_dir, **engine):
+        opened.append(FillingDisk(await start(cls, state_dir, **engine)))
         return opened[-1]
 
     monkeypatch.setattr(InlineWriter, "start", classmethod(filling))

@@ -91,6 +91,7 @@ def cmd_deliveries(args) -> int:
     try:
         rows = list_deliveries(
             config.relay.state_dir,
+            url=config.journal.url,
             state=state,
             webhook_id=args.webhook,
             known_webhooks=known,
@@ -99,7 +100,9 @@ def cmd_deliveries(args) -> int:
             until=args.until,
             limit=args.limit,
         )
-    except FileNotFoundError:
+    except FileNotFoundError as e:
+        if config.journal.url is not None:  # pg_views.NoJournal: its text names the database
+            raise CommandError(str(e)) from None
         raise CommandError(
             f"{config.relay.state_dir / FILENAME}: no journal there "
             f"([relay] state_dir of {config.path.name}; it appears when the relay first runs)"

@@ -301,11 +301,23 @@ class RelaySettings:
 
 
 @frozen
+class JournalSettings:
+    """``[journal]`` (relay/config/journal.py): absent, SQLite in state_dir."""
+
+    # postgresql://...: a database that relays share. May hold a password: never printed.
+    url: str | None = field(default=None, repr=False)
+    # Seconds a relay holds what it claimed without renewing (it renews every third of it);
+    # a relay that dies has its deliveries attempted by the others once it expires.
+    lease: float = field(default=30.0, validator=_positive)
+
+
+@frozen
 class Config:
     path: Path
     relay: RelaySettings
     defaults: DeliverySettings
     webhooks: tuple[Webhook, ...]
+    journal: JournalSettings = JournalSettings()
 
     def webhook(self, webhook_id: str) -> Webhook | None:
         return self._by_id.get(webhook_id)

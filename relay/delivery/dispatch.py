@@ -241,6 +241,8 @@ class Dispatcher:
                 nursery.start_soon(lane.run, self)
             nursery.start_soon(self._run_scheduler)
             nursery.start_soon(self._release_unordered)
+            # Another relay sharing the journal (PostgreSQL) changed a webhook's state.
+            self.journal.on_states_changed(lambda: nursery.start_soon(self._states_changed))
 
     async def _run_scheduler(self) -> None:
         with self._scheduler_scope:
@@ -295,6 +297,12 @@ class Dispatcher:
         written one meanwhile)."""
         self.health.load(await self.journal.webhook_states())
         self._apply_states()
+
+    async def _states_changed(self) -> None:
+        try:
+            await self.refresh_states()
+        except JournalError as e:  # the next change, reload or start reads them again
+            log.error("could not read the webhook states another relay changed: %s", e)
 
     async def set_enabled(self, webhook_id: str, enabled: bool, reason: str | None = None):
         """Disable or enable ``webhook_id`` until told otherwise, restarts included."""

@@ -58,6 +58,8 @@ class RemoteDispatcher:
         # Deliveries this side put to sleep, in a write that failed and was written later,
         # may be due by then: the process's scheduler must look again.
         journal.on_late_writes(self._wake)
+        # Another relay sharing the journal (PostgreSQL) changed a webhook's state.
+        journal.on_states_changed(lambda: self._command(("states",)))
 
     async def run(self, previous_run: int, *, task_status) -> None:
         """Start the process; return when it has drained after ``stop_intake``. The process

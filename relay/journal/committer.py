@@ -7,9 +7,9 @@ commit reach ~170,000/s. So one task, the committer, sends whatever accumulated 
 previous commit ran as the next batch (group commit): durability costs one fsync per batch, not
 per event, whatever the disk's fsync latency.
 
-The SQL runs in a writer process (relay/journal/writer.py says why not a thread), or, with
-``[relay] journal = "inline"``, on the trio thread itself (no process; the loop blocks for each
-commit's fsync).
+The SQL (the engine's: relay/journal/engines.py; on PostgreSQL, a commit is as durable)
+runs in a writer process (writer.py says why not a thread), or, with ``[relay] journal =
+"inline"``, on the trio thread (no process; the loop blocks for each commit).
 
 A pending delivery is in one of two places:
 
@@ -40,6 +40,7 @@ from relay.journal import sqlite as journal_sql
 from relay.journal.bindings import NOTHING_ADDED, Appended, Reporting
 from relay.journal.health import Health
 from relay.journal.health import Op as _Op
+from relay.journal.leases import LEASE, sharing
 from relay.journal.states import States
 from relay.journal.writers import InlineWriter, JournalError, ProcessWriter
 from relay.model import Delivery, Event, Outcome
@@ -90,18 +91,20 @@ class Journal(Reporting, States):
         return self._health.failing
 
     def on_late_writes(self, callback: Callable[[], None]) -> None:
-        """Call ``callback()`` when writes that had failed are written at last: deliveries they
-        put to sleep may be due, and whoever schedules them must look again."""
+        """Call ``callback()`` when writes that had failed are written at last, or (a shared
+        journal) another relay made deliveries due: whoever schedules them must look again."""
         self._health.listeners.append(callback)
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, state_dir: Path, *, mode: str = "process"):
-        """The journal in ``state_dir``, held by this process alone while it is open. Raises
-        JournalUnusable when it cannot be opened (damaged, say), naming the file."""
+    async def open(cls, state_dir: Path, *, mode="process", url: str | None = None, lease=LEASE):
+        """The journal in ``state_dir`` (or at ``url``, shared: leases.py), the state_dir held
+        by this process alone while open. Raises JournalUnusable when it cannot be opened
+        (damaged, say), naming the file."""
         start = ProcessWriter.start if mode == "process" else InlineWriter.start
         with lock.hold(state_dir):  # raises lock.StateDirLocked
-            async with cls.running(await start(state_dir)) as journal:
+            writer = await start(state_dir, url=url, lease=lease)
+            async with cls.running(writer) as journal, sharing(journal, writer, url, lease):
                 yield journal
 
     @classmethod

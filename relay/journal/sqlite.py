@@ -24,6 +24,8 @@ from relay.journal.schema import (  # noqa: F401 - what the journal's users know
 )
 from relay.model import order_key
 
+LEASES = False  # one relay per journal file (relay/journal/lock.py): nothing to lease
+
 # -- operations: op(conn, *args) -> result -------------------------------------------------
 
 
