@@ -115,6 +115,9 @@ def compare_main(args) -> int:
     except CompareError as e:
         print(f"bench --compare: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the run under way stopped its processes; the worktree is gone
+        print("bench --compare: interrupted", file=sys.stderr)
+        return 130
 
 
 def _compare(args) -> int:
@@ -226,6 +229,14 @@ def _value(v: float | None) -> str:
     return f"{v:,.0f}" if v >= 100 else f"{v:.3g}" if v < 10 else f"{v:.1f}"
 
 
+def _interval(low: float | None, high: float | None) -> str:
+    """low-high, with a third decimal where two would show 1.00 for an end that excludes 1."""
+    if low is None:
+        return "-"
+    digits = 3 if (low > 1 and round(low, 2) <= 1) or (high < 1 and round(high, 2) >= 1) else 2
+    return f"{low:.{digits}f}-{high:.{digits}f}"
+
+
 def format_compare(result: dict) -> str:
     from .stats import median
 
@@ -239,8 +250,14 @@ def format_compare(result: dict) -> str:
         f" {result['elapsed_s']:.0f} s",
         f"ratio: current / {result['rev'].split()[0]}, median of the pair ratios; interval:"
         f" the sign test's for that median (distribution-free), {level}",
-        "",
     ]
+    if coverages and min(coverages) < 0.9:
+        chance = 1 - min(coverages)
+        lines.append(
+            f"with {pairs} pairs, about 1 figure in {round(1 / chance)} that did not change gets"
+            " a verdict by chance (see the control): --pairs 5 or more for a claim (93.8%)"
+        )
+    lines.append("")
     header = ("figure", result["rev"].split()[0], "current", "ratio", "interval", "verdict")
     systems = [
         s for s in ("relay", "celery", "naive", "direct") if any(f["system"] == s for f in figures)
@@ -250,7 +267,7 @@ def format_compare(result: dict) -> str:
         for f in (f for f in figures if f["system"] == system):
             rev = [v for v in f["rev"] if v is not None]
             cur = [v for v in f["current"] if v is not None]
-            interval = f"{f['low']:.2f}-{f['high']:.2f}" if f["low"] is not None else "-"
+            interval = _interval(f["low"], f["high"])
             verdict = f["verdict"]
             if f["figure"].endswith("(MB)") and verdict != SAME:  # memory: not a speed
                 verdict = {"faster": "smaller", "slower": "larger"}.get(verdict, verdict)
