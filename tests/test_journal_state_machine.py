@@ -28,7 +28,7 @@ import shutil
 import sqlite3
 import tempfile
 import threading
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, closing
 from pathlib import Path
 
 import trio
@@ -229,7 +229,7 @@ class JournalMachine(RuleBasedStateMachine):
     # -- what must always hold, on what is committed -------------------------------------
 
     def rows(self) -> dict[str, tuple]:
-        with sqlite3.connect(self.dir / FILENAME, timeout=30) as conn:
+        with closing(sqlite3.connect(self.dir / FILENAME, timeout=30)) as conn:
             return {
                 delivery_id: (state, attempts, next_at)
                 for delivery_id, state, attempts, next_at in conn.execute(
@@ -242,7 +242,7 @@ class JournalMachine(RuleBasedStateMachine):
         if not (self.dir / FILENAME).exists():
             return
         rows = self.rows()
-        with sqlite3.connect(self.dir / FILENAME, timeout=30) as conn:
+        with closing(sqlite3.connect(self.dir / FILENAME, timeout=30)) as conn:
             tried = dict(
                 conn.execute("SELECT delivery_id, COUNT(*) FROM attempts GROUP BY delivery_id")
             )

@@ -113,7 +113,7 @@ class CpuSplit:
         parts: dict[str, tuple[float, int]] = {}
         for pid in family(self.system.pid):
             try:
-                part = part_of(pid, self.system.name)
+                part = self.system.part_of(pid)
                 cpu, waits = parts.get(part, (0.0, 0))
                 parts[part] = (cpu + cpu_seconds(pid), waits + waits_of(pid))
             except OSError:
