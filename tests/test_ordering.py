@@ -22,6 +22,7 @@ from relay.plugins import hookimpl
 from tests.cli import relay_cli
 from tests.conftest import Receiver, make_config, post_event, relay_of, start_receiver
 from tests.daemon import Daemon, write_config
+from tests.postgres import rows
 
 
 def status_event(message_id: str, status: str) -> dict:
@@ -74,7 +75,7 @@ def transport_plugin(transports: dict):
     return Plugin()
 
 
-async def start(nursery, tmp_path, transport, **webhook):
+async def start(nursery, tmp_path, transport, journal_url=None, **webhook):
     hook = {
         "id": "crm",
         "url": "http://example.invalid/",
@@ -83,15 +84,20 @@ async def start(nursery, tmp_path, transport, **webhook):
         "backoff": {"first": 10.0, "factor": 10.0},
         **webhook,
     }
-    config = make_config(tmp_path, [hook], listen=None, journal="inline")
+    config = make_config(tmp_path, [hook], listen=None, journal="inline", journal_url=journal_url)
     relay = relay_of(config, [transport_plugin({"recording": transport})])
     await nursery.start(relay.run)
     return relay
 
 
 def states(relay) -> dict[str, int]:
-    with sqlite3.connect(relay.config.relay.state_dir / journal_sql.FILENAME) as conn:
-        return dict(conn.execute("SELECT state, count(*) FROM deliveries GROUP BY state"))
+    return dict(
+        rows(
+            relay.config.relay.state_dir,
+            relay.config.journal.url,
+            "SELECT state, count(*) FROM deliveries GROUP BY state",
+        )
+    )
 
 
 def test_order_key_is_the_value_at_the_path_and_none_where_it_leads_nowhere():
@@ -110,14 +116,14 @@ def sent_fails_twice(message, status, attempt) -> int:
 
 
 async def test_a_message_status_never_overtakes_one_that_needs_retries(
-    nursery, tmp_path, autojump_clock
+    nursery, tmp_path, autojump_clock, journal_url
 ):
     """sent fails twice (retried at 10 s and 110 s); delivered and read wait for it, while
     another message flows at once."""
     transport = KeyedTransport(
         lambda m, s, attempt: 500 if (m, s) == ("m1", "sent") and attempt < 3 else 200
     )
-    relay = await start(nursery, tmp_path, transport)
+    relay = await start(nursery, tmp_path, transport, journal_url)
     for message, status in [
         ("m1", "sent"),
         ("m1", "delivered"),
@@ -148,9 +154,11 @@ async def test_without_order_by_later_statuses_overtake(nursery, tmp_path, autoj
     assert transport.delivered["m1"][2:] == ["sent"]
 
 
-async def test_a_delivery_that_fails_for_good_releases_its_key(nursery, tmp_path, autojump_clock):
+async def test_a_delivery_that_fails_for_good_releases_its_key(
+    nursery, tmp_path, autojump_clock, journal_url
+):
     transport = KeyedTransport(lambda m, s, attempt: 500 if s == "sent" else 200)
-    relay = await start(nursery, tmp_path, transport, tries=2)
+    relay = await start(nursery, tmp_path, transport, journal_url, tries=2)
     for status in ("sent", "delivered", "read"):
         await post_event(relay, status_event("m1", status))
     await trio.sleep(5)
@@ -170,7 +178,7 @@ async def test_events_without_the_key_flow_unordered(nursery, tmp_path, autojump
 
 
 async def test_many_keys_under_concurrency_and_failures_keep_each_keys_order(
-    nursery, tmp_path, autojump_clock
+    nursery, tmp_path, autojump_clock, journal_url
 ):
     """20 messages, 10 statuses each, posted interleaved in batches, 8 workers, a third of the
     attempts failing at random: each message's statuses arrive in the order relay accepted
@@ -181,6 +189,7 @@ async def test_many_keys_under_concurrency_and_failures_keep_each_keys_order(
         nursery,
         tmp_path,
         transport,
+        journal_url,
         concurrency=8,
         tries=4,
         backoff={"first": 1.0, "factor": 2.0, "jitter": 0.5},
@@ -203,25 +212,27 @@ async def test_many_keys_under_concurrency_and_failures_keep_each_keys_order(
     assert len(transport.delivered) == 20
 
 
-async def test_order_holds_across_a_restart(nursery, tmp_path, autojump_clock):
+async def test_order_holds_across_a_restart(nursery, tmp_path, autojump_clock, journal_url):
     transport = KeyedTransport(lambda m, s, attempt: 500 if s == "sent" and attempt == 1 else 200)
     async with trio.open_nursery() as first:
-        relay = await start(first, tmp_path, transport)
+        relay = await start(first, tmp_path, transport, journal_url)
         for status in ("sent", "delivered", "read"):
             await post_event(relay, status_event("m1", status))
         await trio.sleep(1)
         relay.stop()
     assert transport.delivered["m1"] == []
-    relay = await start(nursery, tmp_path, transport)
+    relay = await start(nursery, tmp_path, transport, journal_url)
     await trio.sleep(1)
     assert transport.delivered["m1"] == []  # sent's retry is due at 10 s; the others wait
     await trio.sleep(20)
     assert transport.delivered["m1"] == ["sent", "delivered", "read"]
 
 
-async def test_a_reload_that_drops_order_by_releases_what_waited(nursery, tmp_path, autojump_clock):
+async def test_a_reload_that_drops_order_by_releases_what_waited(
+    nursery, tmp_path, autojump_clock, journal_url
+):
     transport = KeyedTransport(lambda m, s, attempt: 500 if s == "sent" and attempt == 1 else 200)
-    relay = await start(nursery, tmp_path, transport)
+    relay = await start(nursery, tmp_path, transport, journal_url)
     for status in ("sent", "delivered", "read"):
         await post_event(relay, status_event("m1", status))
     await trio.sleep(1)
@@ -238,6 +249,7 @@ id = "crm"
 url = "http://example.invalid/"
 transport = "recording"
 """
+        + (f'[journal]\nurl = "{journal_url}"\n' if journal_url else "")
     )
     ok, answer = await relay.try_reload()
     assert ok, answer
@@ -249,12 +261,12 @@ transport = "recording"
 
 
 async def test_a_delivery_report_is_ordered_with_the_events_of_its_message(
-    nursery, tmp_path, autojump_clock
+    nursery, tmp_path, autojump_clock, journal_url
 ):
     """A message sent with webhook_id binds its later status events (delivery reports) to that
     webhook: they are ordered by key too, though the journal adds them."""
     transport = KeyedTransport(lambda m, s, attempt: 500 if s == "sent" and attempt == 1 else 200)
-    relay = await start(nursery, tmp_path, transport, events=["whatsapp:message:in"])
+    relay = await start(nursery, tmp_path, transport, journal_url, events=["whatsapp:message:in"])
     sent = status_event("m1", "sent")
     sent["webhook_id"] = "crm"
     await post_event(relay, sent)

@@ -42,9 +42,8 @@ async def sharing(journal, writer, url: str | None, lease: float):
     journal._bound = True
     async with trio.open_nursery() as nursery:
         nursery.start_soon(keep_leases, journal, lease)
-        nursery.start_soon(
-            listen, url, writer.backend_pid, lambda: _wake(journal), journal.states_changed
-        )
+        own = getattr(writer, "backend_pid", None)
+        nursery.start_soon(listen, url, own, lambda: _wake(journal), journal.states_changed)
         try:
             yield
         finally:
