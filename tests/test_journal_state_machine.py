@@ -1,11 +1,11 @@
 """The journal under any sequence of what a relay does to it, crashes included.
 
 A hypothesis state machine drives the real journal (``Journal.running`` with the inline writer,
-SQLite on a temp dir, and the same on PostgreSQL) as relay's runs would: accept events (their deliveries go straight to
-memory, as ingest hands them to lanes), record attempts (delivered, failed for the last time,
-or asleep until a retry), hand deliveries back to the journal, claim due ones, crash (the trio
-run is cancelled: whatever the committer had not committed is gone, and the connection is
-dropped), reopen, and recover what the dead run held.
+SQLite on a temp dir, and the same on PostgreSQL) as relay's runs would: accept events (their
+deliveries go straight to memory, as ingest hands them to lanes), record attempts (delivered,
+failed for the last time, or asleep until a retry), hand deliveries back to the journal, claim
+due ones, crash (the trio run is cancelled: whatever the committer had not committed is gone,
+and the connection is dropped), reopen, and recover what the dead run held.
 
 After every step, on what is committed: no acknowledged event's delivery is ever lost (it is
 delivered, failed with all its tries, or pending), and one seen delivered or failed never
