@@ -11,6 +11,7 @@ import json
 import random
 import sqlite3
 from collections import defaultdict
+from contextlib import closing
 
 import httpx
 import pytest
@@ -319,6 +320,14 @@ async def test_a_hanging_webhook_never_delays_another(nursery, tmp_path, autojum
     assert len(hanging.started) == 1  # one token: the next in 1 s
 
 
+def asleep(journal) -> int:
+    """Pending deliveries with a next attempt time: sleeping, or waiting for their key."""
+    with closing(sqlite3.connect(f"file:{journal}?mode=ro", uri=True)) as conn:
+        return conn.execute(
+            "SELECT count(*) FROM deliveries WHERE state = 'pending' AND next_at IS NOT NULL"
+        ).fetchone()[0]
+
+
 # -- across kill -9, with the real daemon ----------------------------------------------------
 
 
@@ -352,6 +361,10 @@ tries = 10
             answer_ = await client.post(daemon.url + "/events", json=status_event("m1", status))
             assert answer_.status_code == 202
     await receiver.wait_for(1)  # sent's first attempt, failed: its retry is 3 s away
+    journal = tmp_path / "state" / journal_sql.FILENAME
+    with trio.fail_after(10):  # its outcome is on disk: it sleeps, the other two wait
+        while asleep(journal) < 3:
+            await trio.sleep(0.01)
     daemon.kill_9("relay")
     await daemon.wait()
     # The stopped journal says which wait for their key.
