@@ -20,6 +20,8 @@ from . import __doc__ as BENCH_DOC
 from .compare import compare_main
 from .load import sender_role
 from .peer_setup import PeerMissing, prepare_celery
+from .pgjournal import add_option as add_journal_option
+from .pgjournal import main as journal_main
 from .phases import PHASES
 from .processes import Processes
 from .receivers import receiver_role
@@ -90,6 +92,7 @@ def parse_args(argv=None):
         action="store_true",
         help="give the relay an admin listener and GET its /metrics every second during its phases",
     )
+    add_journal_option(p)  # --journal postgresql: relays sharing PostgreSQL (pgjournal.py)
     p.add_argument("--role", choices=("receiver", "direct", "sender"), help=argparse.SUPPRESS)
     p.add_argument("--count-file", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -174,6 +177,8 @@ def main(argv=None) -> int:
     if args.role == "direct":
         trio.run(direct_role, args)
         return 0
+    if args.journal == "postgresql":
+        return journal_main(args)
     if args.compare:
         return compare_main(args)
     args.peer, args.peer_missing = None, None
