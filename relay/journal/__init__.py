@@ -7,6 +7,10 @@ a journal, ``retention`` what finished leaves the journal, ``bindings`` the side
 reports (which webhook wants a message's later events), and ``views`` read-only listings for the
 commands (and the admin listener's pending counts). The journal knows no HTTP and no plugins.
 
+``engines`` is the interface each engine has: ``sqlite`` (a file in state_dir, one relay) and
+``postgresql`` (with ``pg_batch``, ``pg_schema``, ``pg_views``: one database that relays share;
+``leases`` and ``pg_notify`` keep their leases and hear each other).
+
 ``integrity`` says whether a journal is the one its state_dir had and readable (checked at
 start), ``health`` what its writes have come to (failed ones are kept and written again), and
 ``repair`` checks and salvages a journal for ``relay journal``.
