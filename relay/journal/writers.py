@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 import subprocess
-import sys
 from pathlib import Path
 
 import trio
 
+from relay import children
 from relay.journal import sqlite as journal_sql
 from relay.journal.frames import FrameReader, encode
 
@@ -39,7 +39,7 @@ class ProcessWriter:
     @classmethod
     async def start(cls, state_dir: Path) -> ProcessWriter:
         process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "relay.journal.writer", str(state_dir)],
+            children.command(children.WRITER, str(state_dir)),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
