@@ -19,6 +19,7 @@ MAY_IMPORT = {
     "relay.clock": set(),
     "relay.logs": set(),  # the log formats: nothing of relay
     "relay.children": set(),  # how relay starts its own processes: nothing of relay
+    "relay.frozen": set(),  # what the one-file binary changes: nothing of relay
     "relay.http": set(),  # only the wire: nothing of relay's model
     "relay.model": {"relay.http.messages"},
     # No HTTP, no plugins, no configuration (relay.children: how to start the writer process).
@@ -62,11 +63,13 @@ MAY_IMPORT = {
         "relay.startup",
     },
     "relay.startup": {"relay.config", "relay.http"},
+    "relay.notify": {"relay.daemon"},  # sd_notify: the daemon's states, for relay run
     "relay.cli": {"relay"},  # the top: anything
     # The command line, or a child process's main, which it runs without the command line.
     "relay.__main__": {
         "relay.cli",
         "relay.children",
+        "relay.frozen",
         "relay.journal.writer",
         "relay.delivery.process",
     },
