@@ -14,6 +14,11 @@ if len(sys.argv) > 1 and sys.argv[1] in (WRITER, DELIVERY):
         from relay.delivery.process import main
     sys.exit(main())
 
+from relay import frozen  # noqa: E402
+
+if frozen.frozen():
+    frozen.under_bootloader(sys.argv[1] if len(sys.argv) > 1 else None)
+
 from relay.cli import main  # noqa: E402
 
 sys.exit(main())
