@@ -53,7 +53,7 @@ def notify(*fields: str) -> bool:
 class NotifyingRelay(daemon.Relay):
     """The relay, telling the service manager when it stops and reloads."""
 
-    status = ""  # STATUS=: where it takes events, for `systemctl status`
+    ready_status = ""  # STATUS=: where it takes events, for `systemctl status`
 
     def stop(self, grace: float | None = None) -> None:
         if not self.stopping:
@@ -68,12 +68,12 @@ class NotifyingRelay(daemon.Relay):
             return await super().try_reload()
         finally:
             if not self.stopping:
-                notify("READY=1", self.status)
+                notify("READY=1", self.ready_status)
 
 
 async def serve(relay: NotifyingRelay) -> None:
     """``daemon.serve``, and ``READY=1`` once the relay takes events."""
     async with trio.open_nursery() as nursery:
         addresses = await nursery.start(daemon.serve, relay)
-        relay.status = f"STATUS=taking events on {', '.join(map(str, addresses))}"
-        notify("READY=1", relay.status)
+        relay.ready_status = f"STATUS=taking events on {', '.join(map(str, addresses))}"
+        notify("READY=1", relay.ready_status)

@@ -247,6 +247,9 @@ async def test_run_deliver_reload_and_kill_9(binary, tmp_path, nursery):
             }:
                 await trio.sleep(0.05)
         assert all(signed(a, SECRET) for a in crm.requests[answered:])
+        # What a Kubernetes exec probe runs (docs/sidecar.md).
+        done = await run_binary(binary, "health", "--socket", "relay.sock", cwd=tmp_path)
+        assert done.returncode == 0 and json.loads(done.stdout)["status"] == "ok", done
 
         # Ctrl-C in a terminal signals the whole group: relay must see it once and drain, so
         # it is not in the bootloader's group (which forwards it a copy). Two copies are often

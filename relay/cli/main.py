@@ -12,7 +12,17 @@ import sys
 from pathlib import Path
 
 from relay import config as config_module
-from relay.cli import checking, deliveries, journal, listen, running, send, status, webhooks
+from relay.cli import (
+    checking,
+    deliveries,
+    health,
+    journal,
+    listen,
+    running,
+    send,
+    status,
+    webhooks,
+)
 from relay.cli.common import CommandError, add_config_option
 
 COMMANDS = {
@@ -22,6 +32,7 @@ COMMANDS = {
     "send": (send.cmd_send, send.add_arguments),
     "listen": (listen.cmd_listen, listen.add_arguments),
     "status": (status.cmd_status, status.add_arguments),
+    "health": (health.cmd_health, health.add_arguments),
     "deliveries": (deliveries.cmd_deliveries, deliveries.add_arguments),
     "plugins": (checking.cmd_plugins, add_config_option),
     "webhooks": (webhooks.cmd_webhooks, webhooks.add_arguments),
