@@ -366,14 +366,14 @@ def _address(listener: trio.SocketListener):
     return name if isinstance(name, str) else f"{name[0]}:{name[1]}"
 
 
-async def serve(relay: Relay) -> None:
+async def serve(relay: Relay, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Run ``relay`` until SIGTERM or SIGINT (a second one stops at once); SIGHUP reloads."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_signals, signals, relay, nursery.cancel_scope)
             if relay.config.relay.watch:
                 nursery.start_soon(_watch_file, relay)
-            await relay.run()
+            await relay.run(task_status=task_status)  # started: it takes events
             nursery.cancel_scope.cancel()
 
 

@@ -15,11 +15,11 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-import sys
 from collections.abc import Iterable
 
 import trio
 
+from relay import children
 from relay.clock import Clock
 from relay.config import Config, ConfigError
 from relay.delivery.stats import DeliveryStats
@@ -67,14 +67,12 @@ class RemoteDispatcher:
         answers_read, answers_write = os.pipe()
         try:
             process = await trio.lowlevel.open_process(
-                [
-                    sys.executable,
-                    "-m",
-                    "relay.delivery.process",
+                children.command(
+                    children.DELIVERY,
                     str(self.config.path.absolute()),
                     str(previous_run),
                     str(answers_read),
-                ],
+                ),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 pass_fds=(answers_read,),

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import logging
 import subprocess
-import sys
 from pathlib import Path
 
 import trio
 
+from relay import children
 from relay.journal.engines import engine
 from relay.journal.frames import FrameReader, encode
 
@@ -46,8 +46,7 @@ class ProcessWriter:
     ) -> ProcessWriter:
         # The URL goes over the pipe, not in the arguments, which every user can read (ps).
         process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "relay.journal.writer", str(state_dir)]
-            + (["postgresql"] if url else []),
+            children.command(children.WRITER, str(state_dir), *(["postgresql"] if url else [])),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )

@@ -86,10 +86,9 @@ def system_peak_rss_mb(pid: int) -> float:
 
 
 BENCH_PARTS = ("load generator", "receiver")  # CpuSplit's parts that are the bench's own
-# The relay's processes by the module each runs (relay/journal/committer.py and
-# relay/delivery/remote.py start them with "-m"); its first process, which takes the events, is
-# "relay".
-PARTS = {b"relay.journal.writer": "writer", b"relay.delivery.process": "delivery"}
+# The relay's processes by the hidden subcommand each runs (relay/children.py); its first
+# process, which takes the events, is "relay".
+PARTS = {b"_journal-writer": "writer", b"_delivery": "delivery"}
 
 
 def part_of(pid: int, top: str) -> str:
