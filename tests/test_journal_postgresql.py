@@ -17,6 +17,7 @@ import psycopg
 import pytest
 import trio
 
+from relay.journal import pg_schema
 from relay.journal import postgresql as pg
 from relay.journal.committer import Journal
 from relay.journal.engines import masked, scrub
@@ -87,18 +88,66 @@ def test_a_relay_that_renews_keeps_its_deliveries(tmp_path, postgresql_url):
     assert held(postgresql_url)["d1"] == (a.run_id, None)
 
 
-def test_a_restarted_relay_takes_back_what_its_last_run_held_and_no_one_elses(
+def test_a_restarted_relay_takes_back_what_its_earlier_runs_held_and_no_one_elses(
     tmp_path, postgresql_url
 ):
+    """Two crashes in a row: the second run dies before it recovered the first's, and the
+    third takes back both runs' at once, not the other relay's."""
     a, b = relay(tmp_path, postgresql_url, "a"), relay(tmp_path, postgresql_url, "b")
-    ok(a, ("append", ([EVENT], [("mine", "e1", "crm", 1.0, 1.0)])))
+    ok(a, ("append", ([EVENT], [("first", "e1", "crm", 1.0, 1.0)])))
     ok(b, ("append", ([], [("bs", "e1", "crm", 1.0, 1.0)])))
     a.raw.close()  # kill -9: the run is not ended
+    second = relay(tmp_path, postgresql_url, "a")
+    assert second.owner == a.owner and second.previous_run == a.run_id
+    ok(second, ("append", ([], [("second", "e1", "crm", 1.0, 1.0)])))
+    second.raw.close()  # killed again, before its recovery
+    third = relay(tmp_path, postgresql_url, "a")
+    [previous] = ok(third, ("last_rowid", ()))
+    assert ok(third, ("recover", (0, previous, 5.0))) == [2]
+    assert held(postgresql_url) == {
+        "first": (a.run_id, 5.0),
+        "second": (second.run_id, 5.0),
+        "bs": (b.run_id, None),
+    }
+    with psycopg.connect(postgresql_url) as conn:
+        ended = conn.execute("SELECT id FROM runs WHERE ended_at IS NOT NULL ORDER BY id")
+        assert [run_id for (run_id,) in ended] == [a.run_id, second.run_id]
+    third.raw.close()
+    assert ok(relay(tmp_path, postgresql_url, "a"), ("recover", (0, 1, 6.0))) == [0]
+
+
+def test_a_state_dir_noted_by_schema_1_recovers_its_last_run_by_id(tmp_path, postgresql_url):
+    """A note without an owner (written before schema 2): that run is still taken back."""
+    a = relay(tmp_path, postgresql_url, "a")
+    ok(a, ("append", ([EVENT], [("d1", "e1", "crm", 1.0, 1.0)])))
+    a.raw.close()
+    note = tmp_path / "a" / "journal.run"
+    journal_id, run_id, _ = note.read_text().split()
+    note.write_text(f"{journal_id} {run_id}\n")
+    with psycopg.connect(postgresql_url) as conn:
+        conn.execute("UPDATE runs SET owner = NULL")
     again = relay(tmp_path, postgresql_url, "a")
-    assert again.previous_run == a.run_id
-    [previous] = ok(again, ("last_rowid", ()))
-    assert ok(again, ("recover", (0, previous, 5.0))) == [1]
-    assert held(postgresql_url) == {"mine": (a.run_id, 5.0), "bs": (b.run_id, None)}
+    assert again.owner != a.owner
+    assert ok(again, ("recover", (0, 1, 5.0))) == [1]
+    assert note.read_text().split() == [journal_id, str(again.run_id), again.owner]
+
+
+def test_a_relay_taken_for_dead_that_comes_back_is_live_again(tmp_path, postgresql_url):
+    """a, cut off past its lease, was taken over and its run ended; it reconnects and holds
+    more: once it dies for good, b takes that over too (the run is not left ended)."""
+    a, b = relay(tmp_path, postgresql_url, "a"), relay(tmp_path, postgresql_url, "b")
+    ok(a, ("append", ([EVENT], [("d1", "e1", "crm", 1.0, 1.0)])))
+    expire(postgresql_url, a.run_id)
+    assert ok(b, ("renew_leases", ())) == [1]
+    with psycopg.connect(postgresql_url, autocommit=True) as conn:
+        conn.execute("SELECT pg_terminate_backend(%s)", (a.backend_pid,))
+    [(good, _)] = pg.run_batch(a, [("probe", (1.0,))])  # finds the connection lost
+    assert not good
+    ok(a, ("append", ([], [("d2", "e1", "crm", 1.0, 1.0)])))  # on a new one
+    a.raw.close()  # and now a dies, before its next renewal
+    expire(postgresql_url, a.run_id)
+    assert ok(b, ("renew_leases", ())) == [1]
+    assert held(postgresql_url)["d2"][1] is not None  # due: someone's to claim
 
 
 def test_a_claim_skips_what_another_relay_is_claiming(tmp_path, postgresql_url):
@@ -182,3 +231,25 @@ def test_a_database_that_is_no_journal_is_refused_not_taken(tmp_path, postgresql
         conn.execute("CREATE TABLE events (x int)")
     with pytest.raises(pg.OPEN_ERRORS, match="not a relay journal"):
         pg.connect(tmp_path, url)
+
+
+def test_a_journal_missing_a_column_is_refused_naming_it(tmp_path, postgresql_url):
+    with psycopg.connect(postgresql_url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE deliveries DROP COLUMN order_key")
+    with pytest.raises(pg.OPEN_ERRORS, match="table deliveries has no column order_key"):
+        pg.connect(tmp_path, postgresql_url)
+
+
+def test_a_schema_1_journal_is_migrated_and_its_runs_keep_going(tmp_path, postgresql_server):
+    """Schema 2 adds runs.owner: a run of schema 1 (no owner) is still recovered by the
+    note's run id (test_a_state_dir_noted_by_schema_1_recovers_its_last_run_by_id)."""
+    url = postgresql_server.new_database(empty=True)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(pg_schema.MIGRATIONS[1])
+        conn.execute("INSERT INTO journal_schema VALUES (1, 'j1')")
+        conn.execute("INSERT INTO runs (started_at, seen_at) VALUES (1, 1)")
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert pg_schema.migrate(conn, "db") == (1, pg_schema.SCHEMA_VERSION)
+        assert pg_schema.migrate(conn, "db") == (pg_schema.SCHEMA_VERSION,) * 2
+        assert conn.execute("SELECT id, owner FROM runs").fetchall() == [(1, None)]
+    assert relay(tmp_path, url, "a").owner is not None

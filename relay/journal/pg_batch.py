@@ -8,8 +8,10 @@ Besides SQLite's ``run_batch``:
   one sorted order, so that two relays' batches never wait for each other in a circle;
 - a batch that a deadlock or a serialization failure aborts is run again (twice at most)
   before its operations are tried one by one;
-- a broken connection (the server restarted) is opened again at the next batch; the run, and
-  so the leases, stay the same;
+- a broken connection (the server restarted, the network) is opened again at the next batch;
+  the run, and so the leases, stay the same, and the run is marked live again (a relay cut off
+  for longer than its lease may have been taken for dead meanwhile, its run ended: what it
+  holds from now on must be someone's to take over if it dies);
 - a batch that made deliveries due ends with ``NOTIFY relay_journal`` (pg_notify.py).
 """
 
@@ -27,8 +29,10 @@ CHANNEL = "relay_journal"
 RETRIES = 2  # a batch aborted by a deadlock or a serialization failure runs again this often
 RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 NOW = "extract(epoch from now())"
+# A run that renews or reconnects is live, whatever another relay concluded meanwhile.
+LIVE_AGAIN = f"UPDATE runs SET seen_at = {NOW}, ended_at = NULL WHERE id = %s"
 
-__all__ = ["OPEN_ERRORS", "PgJournal", "connect", "lock_keys", "run_batch"]
+__all__ = ["LIVE_AGAIN", "OPEN_ERRORS", "PgJournal", "connect", "lock_keys", "run_batch"]
 
 
 class PgJournal:
@@ -40,18 +44,18 @@ class PgJournal:
         self,
         url: str,
         lease: float,
-        run_id: int | None,
-        previous_run: int | None,
+        run: pg_schema.Run | None,
         raw: psycopg.Connection | None = None,
     ):
         self.url = url
         self.lease = float(lease)
-        self.run_id = run_id
-        self.previous_run = previous_run
+        self.run_id = run.id if run is not None else None
+        self.owner = run.owner if run is not None else None  # the state_dir's: recover
+        self.previous_run = run.previous if run is not None else None
         self.raw = raw
         self.notify = False  # this transaction made deliveries due: tell the other relays
         self.states_changed = False  # it changed a webhook's state
-        held_by = "NULL" if run_id is None else str(int(run_id))
+        held_by = "NULL" if self.run_id is None else str(int(self.run_id))
         lease_until = f"{NOW} + {self.lease!r}"
         self.insert_deliveries = (
             "INSERT INTO deliveries (id, event_id, webhook_id, created_at, updated_at, held_by,"
@@ -89,6 +93,8 @@ class PgJournal:
             if self.raw is not None:
                 self.raw.close()
             self.raw = raw_connect(self.url, autocommit=True)
+            if self.run_id is not None:
+                self.raw.execute(LIVE_AGAIN, (self.run_id,))
 
     def cursor(self) -> psycopg.Cursor:
         return self.raw.cursor()
@@ -120,15 +126,15 @@ class PgJournal:
 
 def connect(state_dir: Path, url: str, *, lease: float = 30.0, start_run: bool = True) -> PgJournal:
     """The journal at ``url``: its schema created or migrated, and (``start_run``) a run of
-    ``state_dir`` started, with the previous run of that state_dir noted for ``recover``."""
+    ``state_dir`` started, owned by that state_dir, whose earlier runs ``recover`` takes back."""
     raw = raw_connect(url, autocommit=True)
     try:
         migrate(raw, masked(url))
-        run_id, previous = pg_schema.start_run(raw, state_dir) if start_run else (None, None)
+        run = pg_schema.start_run(raw, state_dir) if start_run else None
     except BaseException:
         raw.close()
         raise
-    return PgJournal(url, lease, run_id, previous, raw)
+    return PgJournal(url, lease, run, raw)
 
 
 def lock_keys(conn: PgJournal, keys) -> None:

@@ -133,7 +133,7 @@ def write_state(url: str, webhook_id, enabled, reason, changed_at) -> None:
     except BaseException:
         raw.close()
         raise
-    journal = PgJournal(url, 0.0, None, None, raw)
+    journal = PgJournal(url, 0.0, None, raw)
     try:
         [(ok, error)] = run_batch(
             journal, [("set_webhook_state", (webhook_id, enabled, reason, changed_at))]

@@ -18,9 +18,10 @@ what sharing asks for:
 - A batch that made deliveries due or sleeping (a retry, a hand-back, a takeover, a release)
   ends with ``NOTIFY relay_journal, 'due'``, and a change of webhook states with ``'states'``:
   the other relays look again (relay/journal/pg_notify.py) rather than poll.
-- ``last_rowid``/``recover``: a relay that starts recovers at once what the last run of its
-  own state_dir held (that one is dead: the state_dir's lock says so); other relays' runs are
-  left to their leases.
+- ``last_rowid``/``recover``: a relay that starts recovers at once what any earlier run of its
+  own state_dir held (those are dead: the state_dir's lock says so), by the state_dir's owner
+  id on each run (pg_schema.start_run), so that two crashes in a row leave nothing to wait
+  for a lease; other relays' runs are left to their leases.
 
 Statements take columns as arrays (``unnest``): one statement per operation, whatever the
 batch's size.
@@ -32,6 +33,7 @@ import json
 import math
 
 from relay.journal.pg_batch import (  # noqa: F401 - the engine's interface, here
+    LIVE_AGAIN,
     OPEN_ERRORS,
     PgJournal,
     connect,
@@ -216,23 +218,33 @@ def put_to_sleep(conn, rows):
     conn.notify |= moved > 0
 
 
+# The earlier runs of this state_dir: its owner's, and the run its note named (a run of
+# schema 1 has no owner). Ended ones too: a run ended by a takeover may have held more since.
+EARLIER_RUNS = "SELECT id FROM runs WHERE (owner = %s OR id = %s) AND id <> %s"
+
+
 def last_rowid(conn):
-    """1 when the last run of this state_dir may have left deliveries held (``recover``)."""
-    return 1 if conn.previous_run is not None else 0
+    """1 when earlier runs of this state_dir may have left deliveries held (``recover``)."""
+    query = f"SELECT EXISTS ({EARLIER_RUNS})"
+    found = conn.cursor().execute(query, (conn.owner, conn.previous_run, conn.run_id)).fetchone()
+    return 1 if found[0] else 0
 
 
 def recover(conn, after, upto, now):
-    """What the last run of this state_dir held becomes due at ``now`` (the whole of it in
-    the first step: a run holds what fits in its memory)."""
-    if after > 0 or conn.previous_run is None:
+    """What earlier runs of this state_dir held becomes due at ``now``, and those runs end
+    (the whole of it in the first step: a run holds what fits in its memory)."""
+    if after > 0:
         return 0
     cur = conn.cursor()
+    runs = (conn.owner, conn.previous_run, conn.run_id)
     recovered = cur.execute(
         "UPDATE deliveries SET next_at = %s, lease_until = NULL"
-        " WHERE held_by = %s AND state = 'pending' AND next_at IS NULL",
-        (now, conn.previous_run),
+        f" WHERE held_by IN ({EARLIER_RUNS}) AND state = 'pending' AND next_at IS NULL",
+        (now, *runs),
     ).rowcount
-    cur.execute(f"UPDATE runs SET ended_at = {NOW} WHERE id = %s", (conn.previous_run,))
+    cur.execute(
+        f"UPDATE runs SET ended_at = {NOW} WHERE id IN ({EARLIER_RUNS}) AND ended_at IS NULL", runs
+    )
     conn.notify |= recovered > 0
     return recovered
 
@@ -249,7 +261,7 @@ def renew_leases(conn):
         f"UPDATE deliveries SET lease_until = {NOW} + {conn.lease} WHERE held_by = {conn.run_id}"
         " AND state = 'pending' AND next_at IS NULL"
     )
-    cur.execute(f"UPDATE runs SET seen_at = {NOW} WHERE id = {conn.run_id}")
+    cur.execute(LIVE_AGAIN, (conn.run_id,))  # live, even if another relay took it for dead
     expired = cur.execute(
         f"SELECT id FROM runs WHERE ended_at IS NULL AND seen_at < {NOW} - {conn.lease}"
         f" AND id <> {conn.run_id} FOR UPDATE SKIP LOCKED"
