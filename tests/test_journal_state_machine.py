@@ -160,12 +160,16 @@ class JournalMachine(RuleBasedStateMachine):
         return self.now
 
     def teardown(self):
-        if sys.exc_info()[1] is None:  # the example ran to its end: what is left, checked
-            self.finally_settle()
-        self.running.crash()
-        if self.other is not None:
-            self.other.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        try:
+            if sys.exc_info()[1] is None:  # the example ran to its end: what is left, checked
+                self.finally_settle()
+        finally:
+            try:
+                self.running.crash()
+                if self.other is not None:
+                    self.other.close()
+            finally:
+                shutil.rmtree(self.dir, ignore_errors=True)
 
     # -- rules ---------------------------------------------------------------------------
 
