@@ -193,7 +193,14 @@ async def test_the_celery_peer_delivers_what_relay_would(nursery, tmp_path):
     from an h11 receiver: each routed event of a batch arrives once as its compact JSON, signed
     like relay's Signature, a 500 is retried, the unrouted event goes nowhere, and the 202
     names the two tasks."""
-    receiver = await start_receiver(nursery, Receiver(statuses=[500]))
+    answered = []
+
+    def first_to_hook_fails(request) -> int:
+        """500 for /hook's first request, whichever of the two tasks arrives first."""
+        answered.append(request.path)
+        return 500 if answered.count("/hook") == 1 and request.path == "/hook" else 200
+
+    receiver = await start_receiver(nursery, Receiver(answer=first_to_hook_fails))
     procs = Processes(tmp_path)
     peer = CeleryPeer(celery_setup())
     try:
