@@ -35,12 +35,17 @@ class Event:
 
 @frozen
 class Delivery:
-    """One event on its way to one webhook; ``attempts`` counts the attempts already made."""
+    """One event on its way to one webhook; ``attempts`` counts the attempts already made.
+
+    ``attempt_base``: the attempts made before its last replay (``relay replay``), from which
+    the retry policy counts its tries anew; the attempts' numbers go on from ``attempts``.
+    """
 
     id: str
     webhook_id: str
     event: Event
     attempts: int = 0
+    attempt_base: int = 0
 
 
 @frozen

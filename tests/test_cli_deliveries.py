@@ -51,7 +51,7 @@ def make_journal(tmp_path) -> tuple[Path, float]:
                 (
                     "record_attempts",
                     (
-                        [(d, attempts, created + 1, 0.5, status, error)],
+                        [(d, attempts, created + 1, 0.5, status, error, None, None)],
                         [(state, attempts, next_at, created + 1.5, outcome, d)],
                     ),
                 )
@@ -183,7 +183,7 @@ async def test_on_a_terminal_no_value_is_cut_short_however_narrow(tmp_path, colu
     deliveries = [(d, e, "crm", now, now) for d, e in ids]
     error = "connection refused by 127.0.0.1:9000 after 3 tries of the same"
     outcomes = [("failed", 1, None, now, error, d) for d, _ in ids]
-    attempts = [(d, 1, now, 0.1, None, error) for d, _ in ids]
+    attempts = [(d, 1, now, 0.1, None, error, None, None) for d, _ in ids]
     journal_sql.run_batch(
         conn, [("append", (events, deliveries)), ("record_attempts", (attempts, outcomes))]
     )

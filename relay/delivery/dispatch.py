@@ -24,8 +24,10 @@ import trio
 from relay.clock import Clock
 from relay.config import Config, Webhook
 from relay.delivery.attempt import Attempts
+from relay.delivery.capture import Capture
 from relay.delivery.health import Health
 from relay.delivery.outcomes import delivery_fields, log_outcome
+from relay.delivery.replays import Replays
 from relay.delivery.stats import DeliveryStats
 from relay.journal import Journal, JournalError
 from relay.journal.states import WebhookState
@@ -148,6 +150,8 @@ class Scheduler:
         self.lanes = lanes
         self._wake = trio.Event()
         self._sleeping_until = math.inf
+        self.replays = Replays(journal)  # fed to lanes after what is due (replays.py)
+        self.replays.announce(lanes)  # at start, any lane may have replays waiting
         # A write that failed (a full disk) and is written later may put deliveries to sleep
         # that are due by then: look again (relay/journal/health.py).
         journal.on_late_writes(self.wake)
@@ -188,6 +192,7 @@ class Scheduler:
                 lane.overflowed = True  # there may be more: look again once it drains
             else:
                 with_room.append(webhook_id)
+                await self.replays.feed(lane, now)
         earliest = await self.journal.next_due(with_room) if with_room else math.inf
         self._sleeping_until = earliest
         with trio.move_on_at(self.clock.to_trio(earliest)):
@@ -214,6 +219,7 @@ class Dispatcher:
         self.clock = clock
         self.lanes = {w.id: Lane(w, config.relay.queue) for w in config.webhooks}
         self.scheduler = Scheduler(journal, clock, self.lanes)
+        self.capture = Capture()  # what the journal keeps of each attempt's request and answer
         self._scheduler_scope = trio.CancelScope()
         self.stats = DeliveryStats()  # for /metrics (relay/admin/)
         self.health = Health()
@@ -281,7 +287,15 @@ class Dispatcher:
     def _apply_states(self) -> None:
         for lane in self.lanes.values():
             lane.enabled = self.health.enabled(lane.webhook)
+        # A command without the admin listener writes replays into the file and reloads.
+        self.scheduler.replays.announce(self.lanes)
         self.scheduler.wake()  # an enabled lane's deliveries are due
+
+    def replayed(self, webhook_ids: Iterable[str]) -> None:
+        """Deliveries to these webhooks were replayed (relay/journal/replays.py): their lanes
+        take them as they have room."""
+        self.scheduler.replays.announce(webhook_ids)
+        self.scheduler.wake()
 
     async def recover(self, previous_run: int) -> None:
         """Resume what earlier runs held in memory when they ended (kill -9, power loss).
@@ -325,9 +339,10 @@ class Dispatcher:
             self.scheduler.wake()
 
     async def deliver(self, webhook: Webhook, delivery: Delivery) -> None:
-        delivery = Delivery(delivery.id, delivery.webhook_id, delivery.event, delivery.attempts + 1)
+        attempts, base = delivery.attempts + 1, delivery.attempt_base
+        delivery = Delivery(delivery.id, delivery.webhook_id, delivery.event, attempts, base)
         started_at = self.clock.now()
-        request, outcome = await self.attempts(webhook, delivery)
+        request, outcome, response = await self.attempts(webhook, delivery)
         self.attempts.finished(webhook, delivery, request, outcome)
         next_at = None
         # 410 Gone: the webhook is no more; no retry, and it is disabled below.
@@ -335,7 +350,10 @@ class Dispatcher:
             delay = self._retry_delay(webhook, delivery, outcome)
             if delay is not None:
                 next_at = started_at + outcome.duration + delay
-        await self.journal.record_attempt(delivery, started_at, outcome, next_at=next_at)
+        sent, answer = self.capture(webhook, delivery, request, response)
+        await self.journal.record_attempt(
+            delivery, started_at, outcome, next_at=next_at, request=sent, response=answer
+        )
         self.stats.record(
             webhook.id, outcome, final=next_at is None, ended_at=started_at + outcome.duration
         )
@@ -357,8 +375,9 @@ class Dispatcher:
 
     def _retry_delay(self, webhook, delivery, outcome) -> float | None:
         policy = self.components.retry_policies[webhook.retry]
+        attempt = delivery.attempts - delivery.attempt_base  # tries count from the last replay
         try:
-            delay = policy(webhook, delivery.attempts, outcome)
+            delay = policy(webhook, attempt, outcome)
             if delay is not None and (
                 isinstance(delay, bool) or not isinstance(delay, (int, float))
             ):
@@ -371,4 +390,4 @@ class Dispatcher:
                 webhook.backoff.first,
                 extra=delivery_fields(webhook.id, delivery),
             )
-            return webhook.backoff.first if delivery.attempts < webhook.tries else None
+            return webhook.backoff.first if attempt < webhook.tries else None

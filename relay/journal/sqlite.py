@@ -13,6 +13,7 @@ import json
 import math
 import sqlite3
 
+from relay.journal import replays
 from relay.journal.schema import (  # noqa: F401 - what the journal's users know of it, here
     COLUMNS,
     FILENAME,
@@ -104,12 +105,11 @@ def expire_bindings(conn, now, limit):
 
 
 def record_attempts(conn, attempt_rows, delivery_rows):
-    """Attempts ``(delivery_id, number, started_at, duration, status, error)`` and what follows
+    """Attempts ``(delivery_id, number, started_at, duration, status, error, request,
+    response)`` (the last two: relay/delivery/capture.py's records, or None) and what follows
     each: ``(state, attempts, next_at, updated_at, last_outcome, delivery_id)``."""
     conn.executemany(
-        "INSERT OR REPLACE INTO attempts (delivery_id, number, started_at, duration, status, error)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
-        attempt_rows,
+        "INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?)", attempt_rows
     )
     conn.executemany(
         "UPDATE deliveries SET state = ?, attempts = ?, next_at = ?, updated_at = ?,"
@@ -152,10 +152,10 @@ def probe(conn, now):
 def claim_due(conn, webhook_id, now, limit):
     """Up to ``limit`` deliveries to ``webhook_id`` due by ``now``, taken into memory.
 
-    Returns ``(delivery_id, attempts, event_id, name, body, received_at)`` rows.
+    Returns ``(delivery_id, attempts, event_id, name, body, received_at, attempt_base)`` rows.
     """
     rows = conn.execute(
-        "SELECT d.id, d.attempts, e.id, e.name, e.body, e.received_at"
+        "SELECT d.id, d.attempts, e.id, e.name, e.body, e.received_at, d.attempt_base"
         " FROM deliveries d JOIN events e ON e.id = d.event_id"
         " WHERE d.webhook_id = ? AND d.next_at IS NOT NULL AND d.next_at <= ?"
         " ORDER BY d.next_at LIMIT ?",
@@ -262,6 +262,7 @@ def webhook_states(conn):
 OPERATIONS = {
     op.__name__: op
     for op in (
+        *replays.OPERATIONS,
         append,
         record_attempts,
         put_to_sleep,
