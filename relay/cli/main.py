@@ -12,7 +12,17 @@ import sys
 from pathlib import Path
 
 from relay import config as config_module
-from relay.cli import checking, deliveries, journal, listen, running, send, status, webhooks
+from relay.cli import (
+    checking,
+    deliveries,
+    journal,
+    listen,
+    replay,
+    running,
+    send,
+    status,
+    webhooks,
+)
 from relay.cli.common import CommandError, add_config_option
 
 COMMANDS = {
@@ -23,6 +33,7 @@ COMMANDS = {
     "listen": (listen.cmd_listen, listen.add_arguments),
     "status": (status.cmd_status, status.add_arguments),
     "deliveries": (deliveries.cmd_deliveries, deliveries.add_arguments),
+    "replay": (replay.cmd_replay, replay.add_arguments),
     "plugins": (checking.cmd_plugins, add_config_option),
     "webhooks": (webhooks.cmd_webhooks, webhooks.add_arguments),
     "journal": (journal.cmd_journal, journal.add_arguments),

@@ -65,6 +65,14 @@ def secret_forms(values) -> list[str]:
     return sorted(forms, key=len, reverse=True)
 
 
+def webhook_secrets(webhook: Webhook) -> set[str]:
+    """What of ``[secrets]`` the webhook's template sends, and its signing ``secret``."""
+    values = set(webhook.template.secrets_used()[0]) if webhook.template is not None else set()
+    if webhook.secret is not None:  # with none, its id signs: not a secret
+        values.update(webhook.secrets)
+    return values
+
+
 def mask_text(text: str, forms: list[str]) -> str:
     for form in forms:
         if form in text:
@@ -146,12 +154,10 @@ class Capture:
 class _Masker:
     def __init__(self, webhook: Webhook):
         self.webhook = webhook
-        values, self.from_secrets = frozenset(), frozenset()
+        self.from_secrets = frozenset()
         if webhook.template is not None:
-            values, self.from_secrets = webhook.template.secrets_used()
-        if webhook.secret is not None:  # with none, its id signs: not a secret
-            values = values | set(webhook.secrets)
-        self.forms = secret_forms(values)
+            self.from_secrets = webhook.template.secrets_used()[1]
+        self.forms = secret_forms(webhook_secrets(webhook))
         self.form_bytes = [f.encode() for f in self.forms]
         self.longest = max(map(len, self.form_bytes), default=0)
         self._url = ("", "")  # the last URL and its masked form: a plain webhook has one
