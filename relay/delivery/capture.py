@@ -202,7 +202,12 @@ class _Masker:
                     value = MASK
                 shown.append(f"{name}: {value}")
             lines = "\n".join(shown)
-        record = f"{mark} {request.method} {url}\n{lines}\n\n".encode("utf-8", "backslashreplace")
+        head = (
+            f"{mark} {request.method} {url}\n{lines}\n\n"
+            if lines
+            else f"{mark} {request.method} {url}\n\n"
+        )
+        record = head.encode("utf-8", "backslashreplace")
         return record + kept[:BODY_KEPT], hidden
 
     def response(self, response: Response, hidden: list[str]) -> bytes:
