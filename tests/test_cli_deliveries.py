@@ -277,6 +277,30 @@ def test_every_filter_reads_an_index_or_a_bounded_run_of_rowids(
         assert "rowid>?" in step or "rowid<?" in step
 
 
+@pytest.mark.parametrize("state", ["pending", "parked", "failed", "delivered", "all"])
+def test_a_page_after_the_first_seeks_its_cursor(tmp_path, state):
+    """GET /api/deliveries?before=ROWID: a keyset page, found by a seek, never an OFFSET."""
+    conn = journal_sql.connect(tmp_path)
+    sql, params = views.deliveries_query(state, None, ["crm"], 50, rowids=(None, 50))
+    (step,) = [s for s in plan(conn, sql, params) if s.startswith(("SCAN d", "SEARCH d "))]
+    assert "rowid<?" in step and "OFFSET" not in sql.upper()
+    assert not any("TEMP B-TREE" in s for s in plan(conn, sql, params))
+
+
+def test_pages_follow_one_another_without_a_gap_or_a_repeat(tmp_path):
+    make_journal(tmp_path)
+    state_dir = tmp_path / "state"
+    everything = [r.id for r in views.list_deliveries(state_dir, state="all")]
+    pages, before = [], None
+    while True:
+        page = views.list_deliveries(state_dir, state="all", limit=2, before=before)
+        pages.append([r.id for r in page])
+        if len(page) < 2:
+            break
+        before = page[-1].rowid
+    assert [len(p) for p in pages] == [2, 2, 1] and sum(pages, []) == everything
+
+
 def test_the_rowid_bound_of_a_time_matches_a_full_scan(tmp_path):
     """With gaps (retention's deletes) and many rows at the same time (one request's)."""
     conn = journal_sql.connect(tmp_path)

@@ -56,8 +56,9 @@ class Lane:
         self._nursery: trio.Nursery | None = None
         self._dispatcher: Dispatcher | None = None  # set by run()
         # True when a delivery found no room: the scheduler must look in the journal again
-        # once this lane has drained.
+        # once this lane has drained, to more than ``wake_room`` room (replays.py lowers it).
         self.overflowed = False
+        self.wake_room = queue // 2
         # False while the webhook is disabled (relay/delivery/health.py): what reaches the
         # lane goes back to the journal, unattempted, and the scheduler claims nothing for it.
         self.enabled = webhook.enabled
@@ -126,8 +127,8 @@ class Lane:
             if not self.enabled:  # disabled after it was queued: it sleeps, unattempted
                 await dispatcher.journal.put_to_sleep([delivery.id], dispatcher.clock.now())
                 continue
-            if self.overflowed and self.room() > self.queue // 2:
-                self.overflowed = False
+            if self.overflowed and self.room() > self.wake_room:
+                self.overflowed, self.wake_room = False, self.queue // 2
                 dispatcher.scheduler.wake()
             self.busy += 1
             try:
