@@ -167,3 +167,19 @@ async def test_the_command_without_a_relay_replays_what_a_dead_run_held(tmp_path
             == [(journal_replays.BAND + 5.0,)] * 2
         )
         assert conn.execute("SELECT COUNT(*) FROM runs").fetchone() == (1,)  # no run started
+
+
+def test_retention_takes_a_deliverys_replays_with_it(tmp_path):
+    from relay.journal import sqlite as journal_sql
+
+    conn = journal_sql.connect(tmp_path / "state")
+    events = [(f"e{n}", "whatsapp:message:status", b"{}", 1.0) for n in range(3)]
+    deliveries = [(f"d{n}", f"e{n}", "crm", 1.0, 1.0) for n in range(3)]
+    finished = [("delivered", 1, None, 2.0, "HTTP 200", f"d{n}") for n in range(3)]
+    journal_sql.run_batch(
+        conn, [("append", (events, deliveries)), ("record_attempts", ([], finished))]
+    )
+    journal_replays.replay(conn, ["d0", "d1"], 1.5, "bob")
+    conn.execute("UPDATE deliveries SET state = 'delivered', next_at = NULL")
+    assert journal_sql.prune(conn, 0, 100.0, 10) == (3, 2, False)  # the newest event stays
+    assert conn.execute("SELECT delivery_id FROM replays").fetchall() == []

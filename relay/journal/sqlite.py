@@ -205,7 +205,7 @@ def oldest_pending(conn, webhook_ids):
 
 def prune(conn, after, cutoff, limit):
     """Delete events received before ``cutoff`` whose deliveries all finished before it, with
-    those deliveries and their attempts. Looks at up to ``limit`` events, oldest first from
+    those deliveries, their attempts and their replays. Looks at up to ``limit`` events, oldest first from
     rowid ``after``. An event with a delivery still pending, or finished since, stays.
 
     Returns ``(the last rowid looked at, events deleted, whether to go on past it)``. Rowids
@@ -234,10 +234,12 @@ def prune(conn, after, cutoff, limit):
         )
     }
     gone = [(event_id,) for event_id in ids if event_id not in kept]
-    conn.executemany(
-        "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_id = ?)",
-        gone,
-    )
+    for table in ("attempts", "replays"):
+        conn.executemany(
+            f"DELETE FROM {table} WHERE delivery_id IN"
+            " (SELECT id FROM deliveries WHERE event_id = ?)",
+            gone,
+        )
     conn.executemany("DELETE FROM deliveries WHERE event_id = ?", gone)
     conn.executemany("DELETE FROM events WHERE id = ?", gone)
     last_seen, _, last_received = rows[-1]
