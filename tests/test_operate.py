@@ -372,3 +372,33 @@ async def test_no_secret_shows_in_a_record_show_or_the_api(tmp_path, nursery):
     finally:
         await stop(daemon)
     assert SENTINEL not in daemon.log.read_text()
+
+
+async def test_thousands_replayed_into_a_stopped_journal_show_a_progress_bar(tmp_path):
+    from relay.journal import sqlite as journal_sql
+    from tests.cli import relay_on_terminal
+
+    config = write_relay(tmp_path, "http://127.0.0.1:9/hook")
+    conn = journal_sql.connect(tmp_path / "state")
+    count = 1200
+    events = [(f"e{n:05d}", "whatsapp:message:status", b"{}", 1.0) for n in range(count)]
+    deliveries = [(f"d{n:05d}", f"e{n:05d}", "crm", 1.0, 1.0) for n in range(count)]
+    failed = [("failed", 2, None, 2.0, "HTTP 500", f"d{n:05d}") for n in range(count)]
+    journal_sql.run_batch(
+        conn, [("append", (events, deliveries)), ("record_attempts", ([], failed))]
+    )
+    conn.close()
+    result, screen = await relay_on_terminal(
+        "replay", "--webhook", "crm", "-c", str(config), stream="stderr"
+    )
+    assert result.returncode == 0, screen
+    assert result.stdout == (
+        f"replayed 1,200 deliveries, by {USER}, in the journal: the relay sends them when it"
+        " starts\n"
+    )
+    assert b"replaying" in screen and b"deliveries" in screen  # the bar, on the terminal
+    with sqlite3.connect(tmp_path / "state" / "journal.sqlite3") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM replays").fetchone() == (count,)
+        assert conn.execute(
+            "SELECT COUNT(*) FROM deliveries WHERE state = 'pending' AND attempt_base = 2"
+        ).fetchone() == (count,)
