@@ -132,6 +132,11 @@ async def test_with_the_relay_stopped_the_commands_use_the_journal_file(tmp_path
 
     shown = await relay_cli("deliveries", "show", event_id, "-c", config)
     assert shown.returncode == 0 and "failed, 2 attempts (HTTP 500)" in shown.stdout
+    # [relay] admin is set, and nobody answers there: the file it is, for a state too.
+    disabled = await relay_cli("webhooks", "disable", "crm", "-c", config)
+    assert disabled.returncode == 0 and disabled.stdout == "disabled crm\n"
+    assert "no relay is running: it applies when the relay starts" in disabled.stderr
+    assert (await relay_cli("webhooks", "enable", "crm", "-c", config)).returncode == 0
     replayed = await relay_cli("replay", event_id, "-c", config)  # an event's id: its deliveries
     assert replayed.returncode == 0, replayed.stderr
     assert replayed.stdout == (

@@ -164,33 +164,24 @@ class _Masker:
 
     def request(self, request: Request, event_body: bytes) -> tuple[bytes, list[str]]:
         """The record, and the values it masked."""
-        body = request.body
-        if body is event_body or body == event_body:
-            mark, kept = "=", b""
-        else:
-            mark, kept = str(len(body)), _scrub(body[: BODY_KEPT + self.longest], self.form_bytes)
-        url = request.url
-        if url == self._url[0]:
-            url = self._url[1]
-        else:
-            masked = mask_url(url, self.forms)
-            self._url, url = (url, masked), masked
-        hidden: list[str] = []
         headers = request.headers
         lines = "\n".join(map(": ".join, headers))
+        # Whether any header may need masking; none, the usual case, is a dict lookup a header
+        # (relay's own are _KEEP) and a search of the lines for each secret's forms.
         suspect = bool(self.from_secrets)  # headers from [secrets]: judged one by one
-        rules = _RULES
-        for name, value in headers:
-            found = rules.get(name) or rule(name)
-            if found is not _KEEP and (found is _HIDE or TOKEN_VALUE.match(value)):
-                suspect = True
-                break
         if not suspect:
-            for form in self.forms:
-                if form in lines:
+            rules = _RULES
+            for name, value in headers:
+                if rules.get(name) is not _KEEP and hides(name, value):
                     suspect = True
                     break
-        if suspect:  # rare: mask the values that need it
+            else:
+                for form in self.forms:
+                    if form in lines:
+                        suspect = True
+                        break
+        hidden: list[str] = []
+        if suspect:
             shown = []
             for name, value in headers:
                 if (
@@ -202,13 +193,28 @@ class _Masker:
                     value = MASK
                 shown.append(f"{name}: {value}")
             lines = "\n".join(shown)
+        url = request.url
+        if url == self._url[0]:
+            url = self._url[1]
+        else:
+            masked = mask_url(url, self.forms)
+            self._url, url = (url, masked), masked
+        body = request.body
+        if body is event_body or body == event_body:
+            head = (
+                f"= {request.method} {url}\n{lines}\n\n"
+                if lines
+                else f"= {request.method} {url}\n\n"
+            )
+            return head.encode("utf-8", "backslashreplace"), hidden
+        kept = _scrub(body[: BODY_KEPT + self.longest], self.form_bytes)[:BODY_KEPT]
+        mark = len(body)
         head = (
             f"{mark} {request.method} {url}\n{lines}\n\n"
             if lines
             else f"{mark} {request.method} {url}\n\n"
         )
-        record = head.encode("utf-8", "backslashreplace")
-        return record + kept[:BODY_KEPT], hidden
+        return head.encode("utf-8", "backslashreplace") + kept, hidden
 
     def response(self, response: Response, hidden: list[str]) -> bytes:
         head = response.head
@@ -224,15 +230,14 @@ class _Masker:
                     head = _mask_head(head)
                     break
         body = response.body
-        if body:
-            scrubbed = self.form_bytes
-            if hidden:
-                scrubbed = [*scrubbed, *_echoed(hidden)]
-            if scrubbed:
-                longest = max(map(len, scrubbed))
-                body = _scrub(body[: BODY_KEPT + longest], scrubbed)
-            body = body[:BODY_KEPT]
-        return head + b"\r\n\r\n" + body
+        if not body:
+            return head + b"\r\n\r\n"
+        if hidden:
+            scrubbed = [*self.form_bytes, *_echoed(hidden)]
+            body = _scrub(body[: BODY_KEPT + max(map(len, scrubbed))], scrubbed)
+        elif self.form_bytes:
+            body = _scrub(body[: BODY_KEPT + self.longest], self.form_bytes)
+        return head + b"\r\n\r\n" + body[:BODY_KEPT]
 
 
 def _mask_head(head: bytes) -> bytes:

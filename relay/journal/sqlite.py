@@ -205,8 +205,8 @@ def oldest_pending(conn, webhook_ids):
 
 def prune(conn, after, cutoff, limit):
     """Delete events received before ``cutoff`` whose deliveries all finished before it, with
-    those deliveries, their attempts and their replays. Looks at up to ``limit`` events, oldest first from
-    rowid ``after``. An event with a delivery still pending, or finished since, stays.
+    those deliveries, their attempts and their replays. Looks at up to ``limit`` events, oldest
+    first from rowid ``after``. An event with a delivery still pending, or finished since, stays.
 
     Returns ``(the last rowid looked at, events deleted, whether to go on past it)``. Rowids
     follow arrival: the pass ends at a step whose newest event was received since ``cutoff``.
