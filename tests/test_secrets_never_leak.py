@@ -4,10 +4,11 @@ Every secret below contains SENTINEL. The real relay then lives a life: ``relay 
 ``webhooks list``, ``plugins`` and ``webhooks render``; ``relay run`` at log level debug with
 deliveries that succeed, fail with 500, time out and fail in plugins; a reload refused for an
 invalid file (whose mistakes are themselves secrets), and one that succeeds; ``relay
-deliveries`` and ``GET /healthz``. Every line it logs, every output of every command and the
-journal's outcome texts are searched for SENTINEL as written, hex- and base64-encoded (its
-letters, digits and ``_`` are left as they are by percent-encoding, so the first search covers
-that). The receivers check that each secret was in use: absent from the logs, present on the
+deliveries`` and ``GET /healthz``. Every line it logs, every output of every command (``relay
+deliveries show`` of each delivery too), the journal's outcome texts and its records of each
+attempt's request and answer are searched for SENTINEL as written, hex- and base64-encoded
+(its letters, digits and ``_`` are left as they are by percent-encoding, so the first search
+covers that). The receivers check that each secret was in use: absent from the logs, present on the
 wire. The events' bodies are the user's data, not secrets, and hold none; nor does a header's
 literal text in a valid file (``relay webhooks render`` prints it as it is sent: a secret goes
 in [secrets]), but the invalid files type tokens into headers, which no error may quote.
@@ -260,7 +261,17 @@ async def test_no_secret_in_anything_relay_shows(tmp_path, nursery, monkeypatch)
         outcomes = journal.execute(
             "SELECT last_outcome FROM deliveries UNION ALL SELECT error FROM attempts"
         ).fetchall()
+        records = journal.execute("SELECT request, response FROM attempts").fetchall()
+        delivery_ids = dict(journal.execute("SELECT webhook_id, id FROM deliveries"))
     shown.append(("the journal's outcomes", "\n".join(str(o) for (o,) in outcomes)))
+    # Each attempt's request and answer as the journal keeps them, and as `show` prints them.
+    assert sum(request is not None for request, _ in records) >= 6  # all but "standard"'s
+    texts = [bytes(r).decode("utf-8", "replace") for pair in records for r in pair if r]
+    shown.append(("the journal's attempts", "\n".join(texts)))
+    for delivery_id in delivery_ids.values():
+        await relay("deliveries", "show", delivery_id)
+        await relay("deliveries", "show", delivery_id, "--json")
+    assert "> Authorization: ***" in await relay("deliveries", "show", delivery_ids["ok"])
 
     # Adding a webhook by hand, with a password in its URL and a header written wrongly.
     config.write_text(valid)

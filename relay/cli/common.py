@@ -39,8 +39,9 @@ def add_config_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def admin_request(config, method: str, path: str) -> httpx.Response:
-    """Ask the daemon's admin listener (``[relay] admin``), with its token when it has one."""
+def admin_request(config, method: str, path: str, json=None) -> httpx.Response:
+    """Ask the daemon's admin listener (``[relay] admin``), with its token when it has one;
+    ``json``: the request's body."""
     import httpx
 
     relay = config.relay
@@ -53,7 +54,7 @@ def admin_request(config, method: str, path: str) -> httpx.Response:
     if relay.admin_token is not None:
         headers["Authorization"] = f"Bearer {relay.admin_token}"
     with httpx.Client(base_url=f"http://{host}:{port}", headers=headers, timeout=30) as client:
-        return client.request(method, path)
+        return client.request(method, path, json=json)
 
 
 def ingest_request(config, method: str, path: str) -> httpx.Response:

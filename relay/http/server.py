@@ -61,6 +61,7 @@ class HTTPRequest(NamedTuple):
     headers: dict[str, str]
     body: bytes
     query: str = ""
+    stream: trio.abc.Stream | None = None  # its connection's: who asks (the admin's replays)
 
 
 class Reply(NamedTuple):
@@ -299,6 +300,7 @@ class HTTPServer:
             {k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items()},
             body,
             query,
+            connection.io.stream,
         )
         try:
             status, payload = await self.handler(request)
