@@ -20,7 +20,8 @@ from relay.config.paths import directory_problem
 from relay.delivery.dispatch import Dispatcher
 from relay.delivery.remote import EXIT_MARGIN, RemoteDispatcher
 from relay.http.limits import RESERVE
-from relay.http.server import HTTPServer, open_tcp_listeners
+from relay.http.listeners import open_tcp_listeners
+from relay.http.server import HTTPServer
 from relay.ingest.api import Api
 from relay.ingest.events import Router
 from relay.ingest.stats import IngestStats

@@ -22,12 +22,9 @@ import http
 import json
 import logging
 import math
-import os
 import re
-import socket as stdlib_socket
 from collections.abc import Awaitable, Callable
 from operator import attrgetter
-from pathlib import Path
 from typing import NamedTuple
 
 import trio
@@ -376,43 +373,3 @@ def _reply(status: int, reply: Reply, close: bool) -> bytes:
         lines.append(("Connection", "close"))
     head = "".join(f"{name}: {value}\r\n" for name, value in lines).encode("latin-1")
     return status_line + head + b"\r\n" + reply.body
-
-
-async def open_tcp_listeners(listen: str) -> list[trio.SocketListener]:
-    host, _, port = listen.rpartition(":")
-    return await trio.open_tcp_listeners(int(port), host=host.strip("[]"))
-
-
-async def open_unix_listener(path: Path) -> trio.SocketListener:
-    """Listen on ``path`` with mode 0600, replacing a stale socket left by a crash.
-
-    trio has no Unix-socket listener of its own (trio#279), so: socket, bind, chmod, listen.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_socket():
-        if await _socket_answers(path):
-            raise OSError(errno.EADDRINUSE, f"{path}: another process is listening on it")
-        path.unlink()
-    sock = trio.socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
-    try:
-        old_umask = os.umask(0o177)  # never a moment with wider permissions
-        try:
-            await sock.bind(str(path))
-        finally:
-            os.umask(old_umask)
-        os.chmod(path, 0o600)
-        sock.listen(128)
-    except BaseException:
-        sock.close()
-        raise
-    return trio.SocketListener(sock)
-
-
-async def _socket_answers(path: Path) -> bool:
-    probe = trio.socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
-    with probe:
-        try:
-            await probe.connect(str(path))
-        except OSError:
-            return False
-    return True
