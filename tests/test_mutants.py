@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+import trio.testing
 
 from relay import config as config_module
 from relay.http import server as http_server
@@ -23,6 +24,7 @@ from relay.http.client import HTTPClient
 from relay.http.http11 import HTTPStream
 from relay.journal import committer
 from relay.journal import sqlite as journal_sql
+from relay.journal.committer import Journal, JournalError, ProcessWriter
 from relay.model import Delivery, Event, Outcome, Request
 from relay.plugins.builtin.backoff import exponential
 from tests.conftest import RunningRelay, make_config, relay_of, seed_events, start_receiver
@@ -485,3 +487,29 @@ async def test_a_header_line_that_is_not_one_is_refused_saying_why(http_served, 
     answer = await exchange(http_served, b"POST /hook HTTP/1.1\r\nHost: x\r\n%s\r\n\r\n" % line)
     assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")
     assert json.loads(answer.partition(b"\r\n\r\n")[2]) == {"error": f"bad request: {reason}"}
+
+
+async def test_a_request_that_meets_the_journal_closed_by_a_dead_writer_is_refused_not_a_500(
+    tmp_path,
+):
+    """Found by scripts/soak (three 500s in 200 kills, each with a trio.BrokenResourceError
+    traceback in the log) and by test_kill_9_loses_no_acknowledged_event[writer-True] failing
+    once: a request that reached the journal after its committer had stopped on the dead
+    writer, but before the relay's cancellation reached it, met the committer's closed queue,
+    and the error was no JournalError: ingest answered 500, not 503."""
+    event = Event("e1", "whatsapp:message:status", b"{}", 1.0)
+    writer = await ProcessWriter.start(tmp_path)
+    errors = []
+    with pytest.raises(BaseException) as stopped:  # the committer stops the journal's nursery
+        async with Journal.running(writer) as journal:
+            writer.process.kill()
+            with trio.CancelScope(shield=True):  # as a request the cancellation has not reached
+                for _ in range(2):  # the first fails with the batch; the second finds it gone
+                    try:
+                        await journal.append([event], [Delivery("d1", "crm", event)], 1.0)
+                    except JournalError as e:
+                        errors.append(str(e))
+                    await trio.testing.wait_all_tasks_blocked()  # the committer is done
+    assert "the journal writer" in str(stopped.value.exceptions[0])
+    assert len(errors) == 2, errors
+    assert errors[1] == "the journal is closed: its writer failed"
