@@ -4,7 +4,7 @@ gateway's way in.
 ``server`` is the handler (the token check, the routing, errors as JSON), ``routes`` the table
 of endpoints (add a row there for a new one, and document it in docs/admin-api.yaml), ``api``
 the JSON endpoints under ``/api/``, ``metrics`` ``/metrics`` in Prometheus' text format,
-``status`` what both say about each webhook, and ``auth`` the bearer token.
+``status`` what both say about each webhook, and ``auth`` the bearer token and the Host check.
 
 Exports ``AdminApi`` (the handler relay.daemon serves) and ``Administered`` (what it needs of
 the relay).
