@@ -25,6 +25,7 @@ from relay.http.http11 import HTTPStream
 from relay.journal import committer
 from relay.journal import sqlite as journal_sql
 from relay.journal.committer import Journal, JournalError, ProcessWriter
+from relay.journal.health import RETRY_FIRST, Health, Op
 from relay.model import Delivery, Event, Outcome, Request
 from relay.plugins.builtin.backoff import exponential
 from tests.conftest import RunningRelay, make_config, relay_of, seed_events, start_receiver
@@ -513,3 +514,66 @@ async def test_a_request_that_meets_the_journal_closed_by_a_dead_writer_is_refus
     assert "the journal writer" in str(stopped.value.exceptions[0])
     assert len(errors) == 2, errors
     assert errors[1] == "the journal is closed: its writer failed"
+
+
+# -- relay/journal/health.py: the survivors of scripts/mutate that showed a gap ------------------
+
+
+async def test_the_journal_is_failing_until_something_is_written_again():
+    """Mutants: a success that wrote nothing taken as the disk's recovery (``not _wrote``, a
+    read's truthy result, ``or bool(result)``), and a prune that deleted one event not (``> 1``,
+    ``< 0``). /healthz says "journal failing" while this holds: a claim of nothing or a read
+    succeeds on a full disk, and said "ok" throughout."""
+    health = Health()
+
+    def settle(name: str, ok: bool, result) -> None:
+        health.settle([[Op(name, (), trio.Event())]], [(ok, result)])
+
+    settle("append", False, "database or disk is full")
+    for name, result in [
+        ("claim_due", []),
+        ("recover", 0),
+        ("last_rowid", 42),
+        ("webhook_states", {"crm": (False, "410 Gone", 1.0)}),
+        ("prune", (7, 0, False)),
+    ]:
+        settle(name, True, result)
+        assert health.failing == "database or disk is full", name
+    settle("prune", True, (8, 1, False))  # deleted an event: the disk takes writes
+    assert health.failing is None
+    settle("append", False, "database or disk is full")
+    settle("append", True, None)
+    assert health.failing is None
+
+
+async def test_a_kept_write_is_sent_again_after_a_delay_that_doubles(autojump_clock):
+    """Mutant: the retry due ``RETRY_FIRST`` seconds before the failure, not after: kept writes
+    sent again at once, over and over, while the disk is full."""
+    health = Health()
+    kept = Op("record_attempts", ([], []), None)
+    health.settle([[kept]], [(False, "database or disk is full")])
+    assert health.retry_at == trio.current_time() + RETRY_FIRST
+    assert health.due() == [kept]
+    health.settle([[kept]], [(False, "database or disk is full")])
+    assert health.retry_at == trio.current_time() + 2 * RETRY_FIRST
+
+
+async def test_a_kept_write_has_a_last_try_when_the_journal_closes(tmp_path, monkeypatch):
+    """Mutant: ``closing`` true from the start, so that a journal closing with a kept write
+    (an outcome the full disk refused) dropped it without the last try: a delivery that was
+    delivered stayed pending, and the next run sent it again."""
+    d = hook_delivery(1)
+    async with committer.Journal.open(tmp_path, mode="inline") as journal:
+        await journal.append([d.event], [d], 1.0)
+        refuse = journal_sql.OPERATIONS["record_attempts"]
+
+        def full(conn, *args):
+            raise sqlite3.OperationalError("database or disk is full")
+
+        monkeypatch.setitem(journal_sql.OPERATIONS, "record_attempts", full)
+        await journal.record_attempt(d, 2.0, Outcome(0.5, 204), next_at=None)
+        await journal.last_rowid()  # behind the outcome in the queue: it was refused
+        assert journal.failing == "database or disk is full"
+        monkeypatch.setitem(journal_sql.OPERATIONS, "record_attempts", refuse)  # room again
+    path = tmp_path / committer.FILENAME
+    assert journal_rows(path, "SELECT state FROM deliveries") == [("delivered",)]
