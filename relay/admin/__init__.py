@@ -6,7 +6,7 @@ of endpoints (add a row there for a new one, and document it in docs/admin-api.y
 the JSON endpoints under ``/api/`` for the relay itself, ``deliveries`` those that read the
 journal's deliveries, ``replays`` those that change them (replays, disabled webhooks),
 ``metrics`` ``/metrics`` in Prometheus' text format, ``status`` what both say about each
-webhook, and ``auth`` the bearer token.
+webhook, and ``auth`` the bearer token and the Host check.
 
 Exports ``AdminApi`` (the handler relay.daemon serves) and ``Administered`` (what it needs of
 the relay).

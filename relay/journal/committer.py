@@ -288,10 +288,13 @@ class Journal(Reporting, States, Replaying):
         # send_nowait unless the queue is full: an awaited send() is also a trip through
         # trio's scheduler (~5 µs), once per event on ingest and again per attempt.
         try:
-            self._ops.send_nowait(op)
-        except trio.WouldBlock:
-            self._urgent.event.set()  # the queue is full: a ride-along wait must end
-            await self._ops.send(op)
+            try:
+                self._ops.send_nowait(op)
+            except trio.WouldBlock:
+                self._urgent.event.set()  # the queue is full: a ride-along wait must end
+                await self._ops.send(op)
+        except trio.BrokenResourceError:  # the committer stopped on a dead writer: a 503
+            raise JournalError("the journal is closed: its writer failed") from None
         if op.name not in MERGEABLE:
             self._urgent.event.set()
 
