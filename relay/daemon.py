@@ -20,10 +20,12 @@ from relay.config.paths import directory_problem
 from relay.delivery.dispatch import Dispatcher
 from relay.delivery.remote import EXIT_MARGIN, RemoteDispatcher
 from relay.http.limits import RESERVE
-from relay.http.server import HTTPServer, open_tcp_listeners
+from relay.http.listeners import open_tcp_listeners
+from relay.http.server import HTTPServer
 from relay.ingest.api import Api
 from relay.ingest.events import Router
 from relay.ingest.stats import IngestStats
+from relay.ingest.trust import ingest_gates
 from relay.journal import FILENAME, Journal, JournalUnusable, count_pending
 from relay.journal.retention import Pruner
 from relay.plugins import Components, close_transports
@@ -32,7 +34,7 @@ from relay.startup import StartError, open_listeners, state_dir_error
 
 log = logging.getLogger(__name__)
 
-ADMIN_MAX_BODY = 64 * 1024  # no admin request needs a body yet
+ADMIN_MAX_BODY = 64 * 1024  # POST /api/replay's ids: ~1,500 a request (relay replay sends 500)
 
 # [relay] settings that a reload cannot change in a running relay (logging is set up once, in
 # each process, at start).
@@ -46,6 +48,7 @@ RESTART_KEYS = (
     "journal",
     "delivery",
     "allow_networks",  # the transports hold it, and they are opened once
+    "allow_hosts",  # the listeners' gates hold it
     "log",
     "log_level",
 )
@@ -306,6 +309,7 @@ class Relay:
     async def _run_admin(self, *, task_status) -> None:
         """The admin listener (relay/admin/): for operators, apart from the gateway's."""
         from relay.admin import AdminApi  # here: prometheus-client costs ~3 MB, for it alone
+        from relay.admin.auth import admin_gates
 
         started = False
         with self._admin_scope:
@@ -314,7 +318,7 @@ class Relay:
             log.info("admin listener on %s", self.admin_address)
             server = HTTPServer(AdminApi(self), max_body=ADMIN_MAX_BODY)
             async with trio.open_nursery() as nursery:
-                await nursery.start(server.serve, listeners)
+                await nursery.start(server.serve, listeners, admin_gates(listeners, self.config))
                 task_status.started()
                 started = True
         if not started:  # the delivery drained while it started
@@ -337,7 +341,7 @@ class Relay:
                 )
                 async with trio.open_nursery() as nursery:
                     if listeners:
-                        await nursery.start(server.serve, listeners)
+                        await nursery.start(server.serve, listeners, ingest_gates(listeners, self))
                     task_status.started(addresses)
                     started = True
                     await trio.sleep_forever()

@@ -44,12 +44,17 @@ class Event:
 @frozen
 class Delivery:
     """One event on its way to one webhook; ``attempts`` counts the attempts already made.
-    ``order_key``: its key when the webhook orders by one (``order_by``), else None."""
+
+    ``attempt_base``: the attempts made before its last replay (``relay replay``), from which
+    the retry policy counts its tries anew; the attempts' numbers go on from ``attempts``.
+    ``order_key``: its key when the webhook orders by one (``order_by``), else None.
+    """
 
     id: str
     webhook_id: str
     event: Event
     attempts: int = 0
+    attempt_base: int = 0
     order_key: str | None = None
 
 

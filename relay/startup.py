@@ -11,7 +11,7 @@ import trio
 
 from relay import config as config_module
 from relay.config.paths import describe, socket_problem
-from relay.http.server import open_tcp_listeners, open_unix_listener
+from relay.http.listeners import open_tcp_listeners, open_unix_listener
 
 IN_USE = "is a relay already running with this file?"
 

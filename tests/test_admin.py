@@ -248,6 +248,11 @@ async def test_the_admin_api_matches_its_openapi_schema(tmp_path, nursery):
         "GET /api/status",
         "GET /api/webhooks",
         "POST /api/reload",
+        "GET /api/deliveries",
+        "GET /api/deliveries/{id}",
+        "POST /api/replay",
+        "POST /api/webhooks/{id}/disable",
+        "POST /api/webhooks/{id}/enable",
     }
 
     def check(operation) -> int:

@@ -51,7 +51,7 @@ def make_journal(tmp_path) -> tuple[Path, float]:
                 (
                     "record_attempts",
                     (
-                        [(d, attempts, created + 1, 0.5, status, error)],
+                        [(d, attempts, created + 1, 0.5, status, error, None, None)],
                         [(state, attempts, next_at, created + 1.5, outcome, d)],
                     ),
                 )
@@ -183,7 +183,7 @@ async def test_on_a_terminal_no_value_is_cut_short_however_narrow(tmp_path, colu
     deliveries = [(d, e, "crm", now, now) for d, e in ids]
     error = "connection refused by 127.0.0.1:9000 after 3 tries of the same"
     outcomes = [("failed", 1, None, now, error, d) for d, _ in ids]
-    attempts = [(d, 1, now, 0.1, None, error) for d, _ in ids]
+    attempts = [(d, 1, now, 0.1, None, error, None, None) for d, _ in ids]
     journal_sql.run_batch(
         conn, [("append", (events, deliveries)), ("record_attempts", (attempts, outcomes))]
     )
@@ -275,6 +275,30 @@ def test_every_filter_reads_an_index_or_a_bounded_run_of_rowids(
         assert step == "SCAN d"
     if since or until:
         assert "rowid>?" in step or "rowid<?" in step
+
+
+@pytest.mark.parametrize("state", ["pending", "parked", "failed", "delivered", "all"])
+def test_a_page_after_the_first_seeks_its_cursor(tmp_path, state):
+    """GET /api/deliveries?before=ROWID: a keyset page, found by a seek, never an OFFSET."""
+    conn = journal_sql.connect(tmp_path)
+    sql, params = views.deliveries_query(state, None, ["crm"], 50, rowids=(None, 50))
+    (step,) = [s for s in plan(conn, sql, params) if s.startswith(("SCAN d", "SEARCH d "))]
+    assert "rowid<?" in step and "OFFSET" not in sql.upper()
+    assert not any("TEMP B-TREE" in s for s in plan(conn, sql, params))
+
+
+def test_pages_follow_one_another_without_a_gap_or_a_repeat(tmp_path):
+    make_journal(tmp_path)
+    state_dir = tmp_path / "state"
+    everything = [r.id for r in views.list_deliveries(state_dir, state="all")]
+    pages, before = [], None
+    while True:
+        page = views.list_deliveries(state_dir, state="all", limit=2, before=before)
+        pages.append([r.id for r in page])
+        if len(page) < 2:
+            break
+        before = page[-1].rowid
+    assert [len(p) for p in pages] == [2, 2, 1] and sum(pages, []) == everything
 
 
 def test_the_rowid_bound_of_a_time_matches_a_full_scan(tmp_path):

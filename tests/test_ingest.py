@@ -202,7 +202,7 @@ async def raw_exchange(running, data: bytes) -> bytes:
 
 
 def request(body: bytes, *extra: bytes) -> bytes:
-    head = [b"POST /events HTTP/1.1", b"Host: relay", b"Content-Type: application/json", *extra]
+    head = [b"POST /events HTTP/1.1", b"Host: 127.0.0.1", b"Content-Type: application/json", *extra]
     return b"\r\n".join(head) + b"\r\n\r\n" + body
 
 

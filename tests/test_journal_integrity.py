@@ -34,7 +34,7 @@ def make_journal(state_dir: Path) -> dict[str, list[tuple]]:
         deliveries = [(f"d{i:05d}", f"e{i:05d}", "crm", float(i), float(i)) for i in n]
         bindings = [(f"m{i:05d}", "crm", 1e12) for i in n if i % 8 == 0]
         finished = [i for i in n if i % 4]
-        attempts = [(f"d{i:05d}", 1, float(i), 0.1, 200, None) for i in finished]
+        attempts = [(f"d{i:05d}", 1, float(i), 0.1, 200, None, None, None) for i in finished]
         outcomes = [("delivered", 1, None, i + 0.1, "200", f"d{i:05d}") for i in finished]
         journal_sql.run_batch(
             conn,

@@ -5,22 +5,45 @@ Real parts: the relay in this process on a real journal, or the real daemon as a
 where the promise is about the process; receivers are conftest's (h11, not relay's HTTP).
 """
 
+import itertools
 import json
+import logging
 import signal
+import socket
 import sqlite3
+from functools import partial
 from pathlib import Path
 
 import httpx
 import pytest
 import trio
+import trio.testing
 
 from relay import config as config_module
+from relay.http import server as http_server
+from relay.http.client import HTTPClient
+from relay.http.http11 import HTTPStream
 from relay.journal import committer
 from relay.journal import sqlite as journal_sql
-from relay.model import Delivery, Event, Outcome
+from relay.journal.committer import Journal, JournalError, ProcessWriter
+from relay.journal.health import RETRY_FIRST, Health, Op
+from relay.model import Delivery, Event, Outcome, Request
+from relay.plugins import hookimpl
 from relay.plugins.builtin.backoff import exponential
-from tests.conftest import RunningRelay, make_config, relay_of, seed_events, start_receiver
+from tests.conftest import (
+    RunningRelay,
+    make_config,
+    no_retry_delay,
+    post_event,
+    relay_of,
+    seed_events,
+    start_receiver,
+    start_with_transport,
+)
 from tests.daemon import Daemon, webhook_toml, write_config
+from tests.test_http_server import Handler, exchange, start_server
+from tests.test_http_server import request as http_request
+from tests.test_policy import Transport as PolicyTransport
 from tests.test_reload import relay_cli, wait_for_log
 
 STATUS = seed_events()[0]
@@ -353,3 +376,266 @@ async def test_watch_reloads_when_the_file_changes(tmp_path, nursery):
     finally:
         daemon.process.terminate()
         assert await daemon.wait() == 0
+
+
+# -- relay/http/http11.py: the survivors of scripts/mutate that showed a gap ---------------------
+
+
+@pytest.fixture
+async def http_served(nursery) -> Handler:
+    """relay's HTTP server alone, with a handler that notes each request and answers 200."""
+    return await start_server(nursery)
+
+
+async def test_a_send_larger_than_the_socket_takes_waits_and_sends_it_all():
+    """Mutant: ``except BlockingIOError`` in HTTPStream's send (a full socket buffer) not
+    caught, so a body the peer reads slower than it is sent failed the attempt."""
+    a, b = trio.socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    sender, reader = trio.SocketStream(a), trio.SocketStream(b)
+    data = bytes(range(256)) * 16 * 1024  # 4 MiB
+    received = bytearray()
+
+    async def read_all():
+        while len(received) < len(data):
+            received.extend(await reader.receive_some(65536))
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_all)
+            await HTTPStream(sender).send_all(data)
+    assert received == data
+    await sender.aclose()
+    await reader.aclose()
+
+
+async def test_empty_lines_before_a_request_are_ignored_and_an_empty_head_is_refused(http_served):
+    """Mutants: the empty lines before a request line kept (RFC 9112 2.2: a server ignores
+    them), and a head that is only its end (``\\r\\n\\r\\n``) waited on instead of refused."""
+    answer = await exchange(http_served, b"\r\n" + http_request(b"{}"))
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and http_served.requests[0].body == b"{}"
+    answer = await exchange(http_served, b"\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert json.loads(answer.partition(b"\r\n\r\n")[2]) == {
+        "error": "bad request: empty message head"
+    }
+
+
+async def test_a_head_holds_at_most_100_header_lines(http_served):
+    """Mutants: the limit on header lines off by one either way, gone (``is``), or answered
+    with another status than 431."""
+
+    def head(count: int) -> bytes:
+        lines = [b"POST /hook HTTP/1.1", b"Host: x", b"Content-Length: 2"]
+        lines += [b"X-H%d: v" % i for i in range(count - 2)]
+        return b"\r\n".join(lines) + b"\r\n\r\n{}"
+
+    assert (await exchange(http_served, head(100))).startswith(b"HTTP/1.1 200 OK\r\n")
+    refused = await exchange(http_served, head(101))
+    assert refused.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
+    assert b"too many header lines" in refused
+    assert (await exchange(http_served, head(102))).startswith(b"HTTP/1.1 431 ")
+
+
+async def test_a_chunked_body_of_exactly_max_body_is_taken_and_one_byte_more_is_not(nursery):
+    """Mutants: the size of a chunked body counted from 1 or -1, so that max_body refused a
+    body of its own size, or took one a byte over."""
+    handler = Handler()
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    await nursery.start(http_server.HTTPServer(handler, max_body=10).serve, listeners)
+    handler.url = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}/hook"
+
+    def chunked(body: bytes) -> bytes:
+        head = b"POST /hook HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        return head + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+
+    assert (await exchange(handler, chunked(b"x" * 10))).startswith(b"HTTP/1.1 200 OK\r\n")
+    assert handler.requests[0].body == b"x" * 10
+    assert (await exchange(handler, chunked(b"x" * 11))).startswith(b"HTTP/1.1 413 ")
+    assert len(handler.requests) == 1
+
+
+async def test_an_answer_framed_by_its_connection_s_end_is_read_to_its_end_or_the_limit(nursery):
+    """Mutants: an answer without Content-Length or chunked coding (its body ends with the
+    connection) read only as far as its first packet went, or read past ``max_response_body``
+    for as long as the server sends (a receiver that never stops)."""
+
+    async def answer(stream: trio.SocketStream, body, close: bool) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += await stream.receive_some(65536)
+        try:
+            await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n")
+            for chunk in body:
+                await stream.send_all(chunk)
+            if not close:
+                await trio.sleep_forever()
+        except trio.BrokenResourceError:
+            pass  # the client stopped reading, as it should
+        finally:
+            await stream.aclose()
+
+    async def served_by(body, close: bool) -> str:
+        listeners = await nursery.start(trio.serve_tcp, partial(answer, body=body, close=close), 0)
+        return f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}/hook"
+
+    client = HTTPClient(max_response_body=1_000_000)
+    url = await served_by([b"x" * 500_000], close=True)
+    with trio.fail_after(10):
+        response = await client.send(Request(method="POST", url=url, headers=(), body=b"{}"))
+    assert (response.status, response.body) == (200, b"x" * 500_000)
+    client = HTTPClient(max_response_body=100_000)
+    url = await served_by(itertools.repeat(b"y" * 65536), close=False)  # never ends
+    with trio.fail_after(10):
+        response = await client.send(Request(method="POST", url=url, headers=(), body=b"{}"))
+    assert response.body == b"y" * 100_000
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [(b": v", "header line with an empty name"), (b"B@d: v", "header name is not a token: 'B@d'")],
+)
+async def test_a_header_line_that_is_not_one_is_refused_saying_why(http_served, line, reason):
+    """Mutant: the reasons for an empty header name and for one that is not a token swapped."""
+    answer = await exchange(http_served, b"POST /hook HTTP/1.1\r\nHost: x\r\n%s\r\n\r\n" % line)
+    assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert json.loads(answer.partition(b"\r\n\r\n")[2]) == {"error": f"bad request: {reason}"}
+
+
+async def test_a_request_that_meets_the_journal_closed_by_a_dead_writer_is_refused_not_a_500(
+    tmp_path,
+):
+    """Found by scripts/soak (three 500s in 200 kills, each with a trio.BrokenResourceError
+    traceback in the log) and by test_kill_9_loses_no_acknowledged_event[writer-True] failing
+    once: a request that reached the journal after its committer had stopped on the dead
+    writer, but before the relay's cancellation reached it, met the committer's closed queue,
+    and the error was no JournalError: ingest answered 500, not 503."""
+    event = Event("e1", "whatsapp:message:status", b"{}", 1.0)
+    writer = await ProcessWriter.start(tmp_path)
+    errors = []
+    with pytest.raises(BaseException) as stopped:  # the committer stops the journal's nursery
+        async with Journal.running(writer) as journal:
+            writer.process.kill()
+            with trio.CancelScope(shield=True):  # as a request the cancellation has not reached
+                for _ in range(2):  # the first fails with the batch; the second finds it gone
+                    try:
+                        await journal.append([event], [Delivery("d1", "crm", event)], 1.0)
+                    except JournalError as e:
+                        errors.append(str(e))
+                    await trio.testing.wait_all_tasks_blocked()  # the committer is done
+    assert "the journal writer" in str(stopped.value.exceptions[0])
+    assert len(errors) == 2, errors
+    assert errors[1] == "the journal is closed: its writer failed"
+
+
+# -- relay/journal/health.py: the survivors of scripts/mutate that showed a gap ------------------
+
+
+async def test_the_journal_is_failing_until_something_is_written_again():
+    """Mutants: a success that wrote nothing taken as the disk's recovery (``not _wrote``, a
+    read's truthy result, ``or bool(result)``), and a prune that deleted one event not (``> 1``,
+    ``< 0``). /healthz says "journal failing" while this holds: a claim of nothing or a read
+    succeeds on a full disk, and said "ok" throughout."""
+    health = Health()
+
+    def settle(name: str, ok: bool, result) -> None:
+        health.settle([[Op(name, (), trio.Event())]], [(ok, result)])
+
+    settle("append", False, "database or disk is full")
+    for name, result in [
+        ("claim_due", []),
+        ("recover", 0),
+        ("last_rowid", 42),
+        ("webhook_states", {"crm": (False, "410 Gone", 1.0)}),
+        ("prune", (7, 0, False)),
+    ]:
+        settle(name, True, result)
+        assert health.failing == "database or disk is full", name
+    settle("prune", True, (8, 1, False))  # deleted an event: the disk takes writes
+    assert health.failing is None
+    settle("append", False, "database or disk is full")
+    settle("append", True, None)
+    assert health.failing is None
+
+
+async def test_a_kept_write_is_sent_again_after_a_delay_that_doubles(autojump_clock):
+    """Mutant: the retry due ``RETRY_FIRST`` seconds before the failure, not after: kept writes
+    sent again at once, over and over, while the disk is full."""
+    health = Health()
+    kept = Op("record_attempts", ([], []), None)
+    health.settle([[kept]], [(False, "database or disk is full")])
+    assert health.retry_at == trio.current_time() + RETRY_FIRST
+    assert health.due() == [kept]
+    health.settle([[kept]], [(False, "database or disk is full")])
+    assert health.retry_at == trio.current_time() + 2 * RETRY_FIRST
+
+
+async def test_a_kept_write_has_a_last_try_when_the_journal_closes(tmp_path, monkeypatch):
+    """Mutant: ``closing`` true from the start, so that a journal closing with a kept write
+    (an outcome the full disk refused) dropped it without the last try: a delivery that was
+    delivered stayed pending, and the next run sent it again."""
+    d = hook_delivery(1)
+    async with committer.Journal.open(tmp_path, mode="inline") as journal:
+        await journal.append([d.event], [d], 1.0)
+        refuse = journal_sql.OPERATIONS["record_attempts"]
+
+        def full(conn, *args):
+            raise sqlite3.OperationalError("database or disk is full")
+
+        monkeypatch.setitem(journal_sql.OPERATIONS, "record_attempts", full)
+        await journal.record_attempt(d, 2.0, Outcome(0.5, 204), next_at=None)
+        await journal.last_rowid()  # behind the outcome in the queue: it was refused
+        assert journal.failing == "database or disk is full"
+        monkeypatch.setitem(journal_sql.OPERATIONS, "record_attempts", refuse)  # room again
+    path = tmp_path / committer.FILENAME
+    assert journal_rows(path, "SELECT state FROM deliveries") == [("delivered",)]
+
+
+# -- relay/delivery/attempt.py: the survivors of scripts/mutate that showed a gap ----------------
+
+
+async def test_retry_after_on_a_429_is_honoured_whatever_headers_come_before_it(
+    nursery, tmp_path, autojump_clock
+):
+    """Mutants: 429 left out of the statuses whose Retry-After is read (the tests' 429 asked
+    for less than the backoff), and the header looked up as the first one not named
+    retry-after (``is not``: the tests' answers had no other header)."""
+    answer = (429, [("Content-Type", "text/plain"), ("Retry-After", "500")])
+    transport = PolicyTransport([answer])
+    relay = await start_with_transport(nursery, tmp_path, transport)
+    await post_event(relay)
+    await trio.sleep(1_000_000)
+    assert len(transport.times) == 2
+    assert transport.times[1] - transport.times[0] == pytest.approx(500)
+
+
+async def test_a_render_request_plugin_that_fails_fails_its_attempt_naming_it(
+    start_relay, receiver, caplog
+):
+    """Mutant: a renderer's exception not turned into the attempt's failure (``except
+    Exception`` in the renderers' loop): a plugin's bug in render_request escaped the attempt,
+    where one in prepare_request (tests/test_logs.py) is that attempt's outcome."""
+    caplog.set_level(logging.DEBUG)
+
+    class Failing:
+        @hookimpl
+        def render_request(self, webhook, delivery):
+            raise RuntimeError("the template service is down")
+
+    running = await start_relay(
+        [{"id": "crm", "url": receiver.url, "tries": 2, "backoff": no_retry_delay()}],
+        plugins=[Failing()],
+    )
+    await running.post(STATUS)
+    with trio.fail_after(10):
+        while not [r for r in caplog.records if getattr(r, "attempt", 0) == 2]:
+            await trio.sleep(0.01)
+    lines = [r for r in caplog.records if "the template service is down" in r.getMessage()]
+    assert [(r.levelname, r.attempt) for r in lines] == [("INFO", 1), ("WARNING", 2)]
+    assert lines[1].error.endswith("(render_request): RuntimeError: the template service is down")
+    assert receiver.requests == []
+    with trio.fail_after(10):  # the outcome is written after its line is logged
+        while journal_rows(running.journal_path, "SELECT state, attempts FROM deliveries") != [
+            ("failed", 2)
+        ]:
+            await trio.sleep(0.01)

@@ -399,3 +399,31 @@ tries = 10
     ]
     daemon.process.terminate()
     await daemon.wait()
+
+
+def test_a_replay_of_an_ordered_delivery_waits_for_the_one_of_its_key_in_flight(tmp_path):
+    """d1 failed for good; d2 of the same key is in flight; d1 replayed waits for its key, and
+    goes once d2 ends (never beside it)."""
+    from relay.journal import replays
+
+    conn = journal_sql.connect(tmp_path)
+    conn.execute("INSERT INTO events VALUES ('e1', 'x', '{}', 1.0), ('e2', 'x', '{}', 1.0)")
+
+    def next_at(delivery_id):
+        return conn.execute(
+            "SELECT next_at FROM deliveries WHERE id = ?", (delivery_id,)
+        ).fetchone()[0]
+
+    ordered = ([("d1", "e1", "crm", 1.0, 1.0, "k")], {})
+    assert journal_sql.append_ordered(conn, [], [], [], [], 1.0, ordered) == ([], [])
+    failed = ("failed", 1, None, 2.0, "HTTP 500", "d1")
+    journal_sql.record_attempts(conn, [], [failed], [(2.0, "d1")])
+    ordered = ([("d2", "e2", "crm", 3.0, 3.0, "k")], {})
+    assert journal_sql.append_ordered(conn, [], [], [], [], 3.0, ordered) == ([], [])  # d2 goes
+    replayed, skipped = replays.replay(conn, ["d1"], 4.0, "test")
+    assert [r[0] for r in replayed] == ["d1"] and skipped == []
+    assert next_at("d1") == journal_sql.WAITING
+    delivered = ("delivered", 1, None, 5.0, "HTTP 200", "d2")
+    journal_sql.record_attempts(conn, [], [delivered], [(5.0, "d2")])
+    assert next_at("d1") == 5.0  # due: d2 ended
+    conn.close()

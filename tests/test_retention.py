@@ -43,7 +43,7 @@ async def test_only_events_whose_deliveries_all_finished_before_the_cutoff_go(tm
             )
             for delivery_id, state, at in deliveries:
                 if state != "pending":
-                    attempt = [(delivery_id, 1, at, 0.01, 200, None)]
+                    attempt = [(delivery_id, 1, at, 0.01, 200, None, None, None)]
                     update = [(state, 1, None, at, "200", delivery_id)]
                     await journal._call("record_attempts", attempt, update)
         await journal._call(

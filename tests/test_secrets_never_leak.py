@@ -1,16 +1,21 @@
 """A sentinel in every place relay.toml can hold a secret, and in none of what relay shows.
 
-Every secret below contains SENTINEL. The real relay then lives a life: ``relay check``,
-``webhooks list``, ``plugins`` and ``webhooks render``; ``relay run`` at log level debug with
-deliveries that succeed, fail with 500, time out and fail in plugins; a reload refused for an
-invalid file (whose mistakes are themselves secrets), and one that succeeds; ``relay
-deliveries`` and ``GET /healthz``. Every line it logs, every output of every command and the
-journal's outcome texts are searched for SENTINEL as written, hex- and base64-encoded (its
-letters, digits and ``_`` are left as they are by percent-encoding, so the first search covers
-that). The receivers check that each secret was in use: absent from the logs, present on the
-wire. The events' bodies are the user's data, not secrets, and hold none; nor does a header's
-literal text in a valid file (``relay webhooks render`` prints it as it is sent: a secret goes
-in [secrets]), but the invalid files type tokens into headers, which no error may quote.
+Every secret below contains SENTINEL, the listeners' tokens (``admin_token``, ``ingest_token``)
+too. The real relay then lives a life: ``relay check``, ``webhooks list``, ``webhooks show``,
+``plugins`` and ``webhooks render``; ``relay run`` at log level debug with deliveries that
+succeed, fail with 500, time out and fail in plugins; requests refused for a missing or wrong
+token; a reload refused for an invalid file (whose mistakes are themselves secrets), and one
+that succeeds; ``relay send``, ``relay status``, ``relay deliveries``, ``GET /healthz``,
+``/metrics``, ``/api/status``, ``/api/webhooks`` and ``/api/reload``. Every line it logs, every
+output of every command (``relay deliveries show`` of each delivery too), every answer, the
+journal's outcome texts and its records of each attempt's request and answer are searched for
+SENTINEL as written, hex- and base64-encoded (its letters, digits and ``_`` are left as they
+are by percent-encoding, so the first search covers that). The receivers check that each
+secret was in use: absent from the logs, present on the wire (the listeners' tokens: accepted
+where they are needed). The events' bodies are the user's data, not secrets, and hold none;
+nor does a header's literal text in a valid file (``relay webhooks render`` prints it as it is
+sent: a secret goes in [secrets]), but the invalid files type tokens into headers, which no
+error may quote.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import base64
 import json
 import secrets
 import signal
+import socket
 import sqlite3
 import sys
 from pathlib import Path
@@ -39,10 +45,8 @@ from tests.daemon import Daemon
 SENTINEL = f"S3NTINEL_{secrets.token_hex(8)}"
 PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
 
-# [relay] admin_token, GET /metrics and GET /api/status: not on main when this test was
-# written (another branch adds the admin listener). When they land, plant f"{SENTINEL}_admin"
-# as admin_token in VALID below, and GET both endpoints in test_no_secret_in_anything_relay_shows
-# beside /healthz.
+ADMIN_TOKEN = f"{SENTINEL}_admin"
+INGEST_TOKEN = f"{SENTINEL}_ingest"
 
 
 def needles(secret: str) -> list[str]:
@@ -80,7 +84,7 @@ class Endpoints:
         return [r for r in self.requests if r.path == path]
 
 
-def valid_config(base: str) -> str:
+def valid_config(base: str, admin_port: int) -> str:
     return f"""
 [relay]
 listen = "127.0.0.1:0"
@@ -88,6 +92,9 @@ socket = "relay.sock"
 state_dir = "state"
 log_level = "debug"
 allow_networks = ["127.0.0.0/8"]
+admin = "127.0.0.1:{admin_port}"
+admin_token = "{ADMIN_TOKEN}"
+ingest_token = {{ env = "RELAY_TEST_INGEST_TOKEN" }}
 
 [secrets]
 token = "{SENTINEL}_literal"
@@ -195,6 +202,7 @@ async def test_no_secret_in_anything_relay_shows(tmp_path, nursery, monkeypatch)
     monkeypatch.setenv("RELAY_TEST_APIKEY", f"{SENTINEL}_env")
     monkeypatch.setenv("RELAY_TEST_CLIENT_SECRET", f"{SENTINEL}_client_env")
     monkeypatch.setenv("RELAY_TEST_BEARER", f"{SENTINEL}_bearer")
+    monkeypatch.setenv("RELAY_TEST_INGEST_TOKEN", INGEST_TOKEN)
     endpoints = Endpoints()
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     await nursery.start(HTTPServer(endpoints, max_body=1 << 20).serve, listeners)
@@ -204,7 +212,10 @@ async def test_no_secret_in_anything_relay_shows(tmp_path, nursery, monkeypatch)
     for name in ("oauth2_client_credentials", "bearer_auth", "standard_webhooks"):
         (tmp_path / "plugins" / f"{name}.py").write_text((PLUGINS / f"{name}.py").read_text())
     config = tmp_path / "relay.toml"
-    config.write_text(valid_config(base))
+    with socket.socket() as probe:  # `relay reload` and `relay status` read the port from the file
+        probe.bind(("127.0.0.1", 0))
+        admin_port = probe.getsockname()[1]
+    config.write_text(valid_config(base, admin_port))
     shown: list[tuple[str, str]] = []  # (what, text)
 
     async def relay(*args: str, status: int = 0) -> str:
@@ -222,6 +233,7 @@ async def test_no_secret_in_anything_relay_shows(tmp_path, nursery, monkeypatch)
     # What a person runs before starting it.
     assert "ok, 7 webhook(s)" in await relay("check")
     await relay("webhooks", "list")
+    await relay("webhooks", "show", "ok")
     await relay("plugins")
     assert "***" in await relay("webhooks", "render", "ok")
     for webhook in ("rotating", "oauth", "bearer"):
@@ -231,9 +243,30 @@ async def test_no_secret_in_anything_relay_shows(tmp_path, nursery, monkeypatch)
 
     # Its life, at log level debug: every webhook takes the event.
     daemon = await Daemon(config, ("--log", "json")).start()
-    async with httpx.AsyncClient(base_url=daemon.url, timeout=10) as client:
-        assert (await client.post("/events", json=seed_events()[0])).status_code == 202
+    ingest = {"Authorization": f"Bearer {INGEST_TOKEN}"}
+    admin = httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{admin_port}",
+        timeout=10,
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+    )
+    async with httpx.AsyncClient(base_url=daemon.url, timeout=10) as client, admin:
+        event = seed_events()[0]
+        assert (await client.post("/events", json=event, headers=ingest)).status_code == 202
         await wait_until_finished(tmp_path / "state", 7)
+        # Refused for want of the token, or a wrong one (which holds a secret too).
+        for where, token in ((client, INGEST_TOKEN), (admin, ADMIN_TOKEN)):
+            for headers in ({"Authorization": ""}, {"Authorization": f"Bearer {token}x"}):
+                refused = await where.post("/api/reload", json=event, headers=headers)
+                assert refused.status_code == 401
+                shown.append(("a 401", f"{refused.headers}\n{refused.text}"))
+        for path in ("/metrics", "/api/status", "/api/webhooks"):
+            answer = await admin.get(path)
+            assert answer.status_code == 200
+            shown.append((f"GET {path}", answer.text))
+        await relay("status")
+        events = tmp_path / "events.json"
+        events.write_text(json.dumps([{**e, "webhook_id": "bearer"} for e in seed_events()]))
+        await relay("send", str(events), "--url", daemon.url)  # over TCP, with the token
 
         # Reloads refused: invalid files, and the mistakes in them are secrets.
         valid = config.read_text()
@@ -251,6 +284,9 @@ async def test_no_secret_in_anything_relay_shows(tmp_path, nursery, monkeypatch)
         config.write_text(valid.replace('id = "slow"', 'id = "slow-renamed"'))
         assert "added: slow-renamed; removed: slow" in await relay("reload")
         shown.append(("GET /healthz", (await client.get("/healthz")).text))
+        reloaded = await admin.post("/api/reload")
+        assert reloaded.status_code == 200
+        shown.append(("POST /api/reload", reloaded.text))
     await relay("deliveries", "--state", "all")
     daemon.process.send_signal(signal.SIGTERM)
     assert await daemon.wait() == 0
@@ -260,7 +296,17 @@ async def test_no_secret_in_anything_relay_shows(tmp_path, nursery, monkeypatch)
         outcomes = journal.execute(
             "SELECT last_outcome FROM deliveries UNION ALL SELECT error FROM attempts"
         ).fetchall()
+        records = journal.execute("SELECT request, response FROM attempts").fetchall()
+        delivery_ids = dict(journal.execute("SELECT webhook_id, id FROM deliveries"))
     shown.append(("the journal's outcomes", "\n".join(str(o) for (o,) in outcomes)))
+    # Each attempt's request and answer as the journal keeps them, and as `show` prints them.
+    assert sum(request is not None for request, _ in records) >= 6  # all but "standard"'s
+    texts = [bytes(r).decode("utf-8", "replace") for pair in records for r in pair if r]
+    shown.append(("the journal's attempts", "\n".join(texts)))
+    for delivery_id in delivery_ids.values():
+        await relay("deliveries", "show", delivery_id)
+        await relay("deliveries", "show", delivery_id, "--json")
+    assert "> Authorization: ***" in await relay("deliveries", "show", delivery_ids["ok"])
 
     # Adding a webhook by hand, with a password in its URL and a header written wrongly.
     config.write_text(valid)

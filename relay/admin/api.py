@@ -7,7 +7,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit, urlunsplit
 
 from relay import __version__
-from relay.admin.status import enabled, webhook_states
+from relay.admin.status import enabled, runtime_states, webhook_states
 from relay.config import Webhook
 from relay.http.server import HTTPRequest
 
@@ -36,7 +36,8 @@ async def status(admin, request: HTTPRequest, params: dict):
 async def webhooks(admin, request: HTTPRequest, params: dict):
     """``GET /api/webhooks``: the webhooks as configured (never their secrets nor headers)."""
     relay = admin.relay
-    return 200, {"webhooks": [describe(relay, w) for w in relay.config.webhooks]}
+    states = await runtime_states(relay)
+    return 200, {"webhooks": [describe(w, states) for w in relay.config.webhooks]}
 
 
 async def reload(admin, request: HTTPRequest, params: dict):
@@ -49,11 +50,11 @@ async def reload(admin, request: HTTPRequest, params: dict):
     return (503 if relay.stopping else 422), answer
 
 
-def describe(relay, webhook: Webhook) -> dict:
+def describe(webhook: Webhook, states: dict) -> dict:
     return {
         "id": webhook.id,
         "name": webhook.name,
-        "enabled": enabled(relay, webhook),
+        "enabled": enabled(webhook, states)[0],
         "kind": "compose" if webhook.template is not None else "plain",
         "method": webhook.template.method if webhook.template is not None else "POST",
         "url": _without_password(webhook.url),

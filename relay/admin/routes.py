@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from attrs import frozen
 
-from relay.admin import api
+from relay.admin import api, deliveries, replays
 
 Endpoint = Callable[..., Awaitable[tuple]]
 
@@ -30,6 +30,11 @@ ROUTES = (
     Route("GET", "/api/status", api.status),
     Route("GET", "/api/webhooks", api.webhooks),
     Route("POST", "/api/reload", api.reload),
+    Route("GET", "/api/deliveries", deliveries.list_deliveries),
+    Route("GET", "/api/deliveries/{id}", deliveries.show),
+    Route("POST", "/api/replay", replays.replay),
+    Route("POST", "/api/webhooks/{id}/disable", replays.disable),
+    Route("POST", "/api/webhooks/{id}/enable", replays.enable),
 )
 
 _PARAMETER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")

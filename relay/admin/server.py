@@ -2,16 +2,19 @@
 
 Served by relay/http/server.py on ``[relay] admin`` (relay/daemon.py starts it), apart from the
 ingest listeners: those are the gateway's, this one is the operators'. Every answer is JSON but
-``/metrics``; an endpoint's failure is the server's generic 500, the journal's a 503.
+``/metrics``; a request an endpoint finds wrong is a 400 or 422 naming each field and why, an
+endpoint's failure the server's generic 500, the journal's a 503.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Protocol
 
 import trio
 
 from relay.admin.auth import authorized, refusal
+from relay.admin.deliveries import Invalid
 from relay.admin.metrics import Metrics
 from relay.admin.routes import Router
 from relay.clock import Clock
@@ -26,6 +29,8 @@ class Delivering(Protocol):
     stats: DeliveryStats
 
     def in_flight(self) -> int: ...
+
+    def replayed(self, webhook_ids: Iterable[str]) -> None: ...
 
 
 class Administered(Protocol):
@@ -43,6 +48,10 @@ class Administered(Protocol):
     stopping: bool
 
     async def try_reload(self) -> tuple[bool, dict]: ...
+
+    async def set_webhook_enabled(
+        self, webhook_id: str, enabled: bool, reason: str | None = None
+    ) -> None: ...
 
 
 class AdminApi:
@@ -70,5 +79,7 @@ class AdminApi:
             )
         try:
             return await route.endpoint(self, request, params)
+        except Invalid as e:  # a parameter or the body: each problem named, with its field
+            return e.answer()
         except JournalError as e:
             return 503, {"error": f"the journal is unavailable: {e}"}

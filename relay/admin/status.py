@@ -16,19 +16,33 @@ from __future__ import annotations
 from attrs import frozen
 
 from relay.config import Webhook
+from relay.journal.states import WebhookState as JournalState
 
 
-def enabled(relay, webhook: Webhook) -> bool:
-    """Whether ``webhook`` takes deliveries: the one place /metrics and /api/status ask. Says
-    what relay.toml says (``enabled``); a state set at run time (``relay webhooks disable``, a
-    410) lives in the delivery process and is not shown here yet."""
-    return webhook.enabled
+async def runtime_states(relay) -> dict[str, JournalState]:
+    """The webhook states set at run time (``relay webhooks disable``, a 410 Gone,
+    ``disable_after``): the journal's ``webhook_state`` rows, where the delivery process writes
+    them too (through this relay's committer), so that they are read here in either delivery
+    mode. A few rows, read at each scrape."""
+    return await relay.journal.webhook_states()
+
+
+def enabled(webhook: Webhook, states: dict[str, JournalState]) -> tuple[bool, str | None]:
+    """Whether ``webhook`` takes deliveries, and why not: the one place /metrics and the API
+    ask. Disabled by relay.toml (``enabled = false``), or by a state set at run time."""
+    if not webhook.enabled:
+        return False, "enabled = false in the configuration"
+    state = states.get(webhook.id)
+    if state is not None and not state.enabled:
+        return False, state.reason or "disabled"
+    return True, None
 
 
 @frozen
 class WebhookState:
     id: str
     enabled: bool
+    disabled_reason: str | None  # why not enabled (a 410 Gone, relay webhooks disable ...)
     pending: int
     oldest_pending_age: float | None  # seconds; None when nothing is pending
     last_success_at: float | None  # wall time, this run
@@ -38,6 +52,7 @@ class WebhookState:
         return {
             "id": self.id,
             "enabled": self.enabled,
+            "disabled_reason": self.disabled_reason,
             "pending": self.pending,
             "oldest_pending_age_seconds": self.oldest_pending_age,
             "last_success_at": self.last_success_at,
@@ -50,6 +65,7 @@ async def webhook_states(relay) -> list[WebhookState]:
     await relay.pending_counted.wait()  # a scrape just after the start waits for the count
     webhooks = relay.config.webhooks
     oldest = await relay.journal.oldest_pending([w.id for w in webhooks])
+    runtime = await runtime_states(relay)
     now = relay.clock.now()
     stats = relay.dispatcher.stats
     at_start, routed = relay.pending_at_start, relay.ingest_stats.routed
@@ -59,10 +75,12 @@ async def webhook_states(relay) -> list[WebhookState]:
         pending = max(0, at_start.get(wid, 0) + routed.get(wid, 0) - stats.finished(wid))
         since = oldest.get(wid)
         delivered = stats.webhooks.get(wid)
+        on, why = enabled(webhook, runtime)
         states.append(
             WebhookState(
                 id=wid,
-                enabled=enabled(relay, webhook),
+                enabled=on,
+                disabled_reason=why,
                 pending=pending,
                 oldest_pending_age=max(0.0, now - since) if since is not None else None,
                 last_success_at=delivered.last_success if delivered else None,

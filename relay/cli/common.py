@@ -39,8 +39,9 @@ def add_config_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def admin_request(config, method: str, path: str) -> httpx.Response:
-    """Ask the daemon's admin listener (``[relay] admin``), with its token when it has one."""
+def admin_request(config, method: str, path: str, json=None) -> httpx.Response:
+    """Ask the daemon's admin listener (``[relay] admin``), with its token when it has one;
+    ``json``: the request's body."""
     import httpx
 
     relay = config.relay
@@ -53,7 +54,7 @@ def admin_request(config, method: str, path: str) -> httpx.Response:
     if relay.admin_token is not None:
         headers["Authorization"] = f"Bearer {relay.admin_token}"
     with httpx.Client(base_url=f"http://{host}:{port}", headers=headers, timeout=30) as client:
-        return client.request(method, path)
+        return client.request(method, path, json=json)
 
 
 def ingest_request(config, method: str, path: str) -> httpx.Response:
@@ -67,7 +68,8 @@ def relay_client(
     config=None, *, socket: Path | None = None, url: str | None = None, timeout: float = 30
 ) -> httpx.Client:
     """A client for a running relay: at ``socket`` or ``url`` when given, else where ``config``
-    says (its Unix socket when it has one, else its TCP port)."""
+    says (its Unix socket when it has one, else its TCP port); over TCP with the config's
+    ``ingest_token`` when it has one (the socket needs none)."""
     import httpx
 
     if socket is None and url is None:
@@ -78,11 +80,14 @@ def relay_client(
             url = f"http://{relay.listen}"
         else:
             raise CommandError(f"{config.path.name}: [relay] has neither socket nor listen")
+    headers = {}
     if socket is not None:
         transport, base = httpx.HTTPTransport(uds=str(socket)), "http://relay"
     else:
         transport, base = None, url.rstrip("/")
-    return httpx.Client(transport=transport, base_url=base, timeout=timeout)
+        if config is not None and config.relay.ingest_token is not None:
+            headers["Authorization"] = f"Bearer {config.relay.ingest_token}"
+    return httpx.Client(transport=transport, base_url=base, headers=headers, timeout=timeout)
 
 
 def first_error(error: BaseException) -> BaseException:

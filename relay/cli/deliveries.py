@@ -11,8 +11,10 @@ import re
 import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 from relay import config as config_module
+from relay.cli import show
 from relay.cli.common import CommandError, add_config_option
 from relay.journal import FILENAME, DeliveryRow, list_deliveries
 
@@ -59,6 +61,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--until", type=when, metavar="AGO|TIME", help="created until: as --since")
     parser.add_argument("--limit", type=_positive, default=50, help="the newest N (default: 50)")
     parser.add_argument("--json", action="store_true", help="a JSON array of objects")
+    actions = parser.add_subparsers(dest="deliveries_command", metavar="{show}")
+    shown = actions.add_parser(
+        "show", help="one delivery (or an event's): every attempt, request and answer, replays"
+    )
+    # SUPPRESS: `relay deliveries -c x show ID` keeps the -c given before "show".
+    shown.add_argument("--config", "-c", type=Path, default=argparse.SUPPRESS)
+    show.add_arguments(shown)
 
 
 def when(text: str) -> float:
@@ -84,7 +93,9 @@ def _positive(text: str) -> int:
 
 
 def cmd_deliveries(args) -> int:
-    """list deliveries from the journal: by state, webhook, event, time"""
+    """list deliveries from the journal: by state, webhook, event, time; or show one"""
+    if args.deliveries_command == "show":
+        return show.cmd_show(args)
     config = config_module.load_for_admin(args.config)
     known = {w.id for w in config.webhooks}
     state = args.state or ("all" if args.event else "pending")

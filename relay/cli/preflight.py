@@ -17,7 +17,7 @@ import trio
 
 from relay.config import Config
 from relay.config.paths import directory_problem, socket_problem
-from relay.http.server import open_tcp_listeners
+from relay.http.listeners import open_tcp_listeners
 from relay.journal import FILENAME
 from relay.startup import IN_USE, listen_error, state_dir_error
 

@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--config",
         "-c",
         type=Path,
-        help="where the relay listens and its max_body (default: relay.toml, "
+        help="where the relay listens, its max_body and ingest_token (default: relay.toml, "
         "unless --socket or --url is given)",
     )
 
@@ -163,6 +163,12 @@ def _rejected(batch: Batch, total: int, response: httpx.Response, answer) -> Non
         else:
             where = "the batch"
         print(f"  {where}: {field + ': ' if field else ''}{reason}", file=sys.stderr)
+    if response.status_code == 401:
+        print(
+            "  relay send sends the ingest_token of the relay.toml it reads (-c; none with --url"
+            " alone)",
+            file=sys.stderr,
+        )
 
 
 def _not_sent(items: list[Item], batch: Batch) -> None:

@@ -72,6 +72,10 @@ def format_status(answer: dict, now: float) -> list[str]:
             for i, (cell, width) in enumerate(zip(row, widths, strict=True))
         ]
         lines.append("  ".join(cells).rstrip())
+    disabled = [w for w in answer["webhooks"] if w.get("disabled_reason")]
+    if disabled:
+        lines.append("")
+        lines += [f"{w['id']} is disabled: {w['disabled_reason']}" for w in disabled]
     return lines
 
 

@@ -1,9 +1,11 @@
 """``relay webhooks disable``, ``enable``, ``show`` and ``remove``.
 
-``disable``/``enable`` write the webhook's row in the journal's ``webhook_state`` straight into
-the file (relay/journal/states.py says why that is safe beside a running relay), then ask a
-running relay to reload: a reload re-reads the states first, whatever else the file holds. With
-no relay running, the state applies when one starts. ``remove`` edits relay.toml with tomlkit,
+``disable``/``enable`` go through a running relay's admin listener when ``[relay] admin`` is
+set (``POST /api/webhooks/{id}/disable``: it writes the journal and applies the state at once).
+Else they write the webhook's row in the journal's ``webhook_state`` straight into the file
+(relay/journal/states.py says why that is safe beside a running relay), then ask a running relay
+to reload: a reload re-reads the states first, whatever else the file holds. With no relay
+running, the state applies when one starts. ``remove`` edits relay.toml with tomlkit,
 keeping the rest of the file as it was; the webhook's pending deliveries stay in the journal,
 parked, and resume if it comes back.
 """
@@ -66,6 +68,8 @@ def enable(args) -> int:
 def _set(args, enabled: bool, reason: str | None) -> int:
     config = config_module.load_for_admin(args.config)
     webhook = _webhook(config, args.id)
+    if _through_the_relay(config, webhook, enabled, reason):
+        return 0
     try:
         url = config.journal.url
         write_state(config.relay.state_dir, webhook.id, enabled, reason, time.time(), url=url)
@@ -90,6 +94,31 @@ def _set(args, enabled: bool, reason: str | None) -> int:
     if enabled and not webhook.enabled:
         print(f"note: {config.path.name} says enabled = false for {webhook.id}", file=sys.stderr)
     return 0
+
+
+def _through_the_relay(config, webhook, enabled: bool, reason: str | None) -> bool:
+    """Set through the running relay's admin listener (it writes the journal and applies it at
+    once, in either delivery mode); False when no relay answers there."""
+    if config.relay.admin is None:
+        return False
+    action = "enable" if enabled else "disable"
+    body = {"reason": reason} if reason else None
+    try:
+        response = admin_request(config, "POST", f"/api/webhooks/{webhook.id}/{action}", json=body)
+    except httpx.ConnectError:
+        return False  # no relay runs: the journal file it is
+    except httpx.HTTPError as e:
+        raise CommandError(f"cannot reach the admin listener of {config.path.name}: {e}") from None
+    if response.status_code != 200:
+        try:
+            error = response.json().get("error", response.text)
+        except ValueError:
+            error = response.text
+        raise CommandError(f"the relay answered {response.status_code}: {error}")
+    print(f"{action}d {webhook.id}")
+    if enabled and not webhook.enabled:
+        print(f"note: {config.path.name} says enabled = false for {webhook.id}", file=sys.stderr)
+    return True
 
 
 def show(args) -> int:

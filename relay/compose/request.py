@@ -159,13 +159,27 @@ class RequestTemplate:
                 used.setdefault(name, placeholder.source)
         return used
 
-    def _placeholders(self) -> Iterator[Placeholder]:
+    def secrets_used(self) -> tuple[frozenset[str], frozenset[str]]:
+        """The ``[secrets]`` values this template puts into requests, and the names
+        (lowercased) of the headers that carry one: what a record of a request masks."""
+        values = {p.value for t in self._templates() for p in t.parts if isinstance(p, Secret)}
+        headers = {
+            name.lower()
+            for name, template in self.headers
+            if any(isinstance(part, Secret) for part in template.parts)
+        }
+        return frozenset(filter(None, values)), frozenset(headers)
+
+    def _templates(self) -> list[Template]:
         templates = [self.url, *(t for _, t in self.headers)]
         if isinstance(self.body, FormBody):
             templates.extend(t for _, t in self.body.fields)
         elif isinstance(self.body, JsonBody):
             templates.extend(_json_templates(self.body.root))
-        for template in templates:
+        return templates
+
+    def _placeholders(self) -> Iterator[Placeholder]:
+        for template in self._templates():
             yield from (p for p in template.parts if isinstance(p, Placeholder))
 
 

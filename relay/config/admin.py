@@ -1,5 +1,5 @@
-"""The admin listener's keys: its token, resolved as [secrets] are, and whether its address is
-loopback (off loopback a token is required)."""
+"""The listeners' tokens (``admin_token``, ``ingest_token``), resolved as [secrets] are, and
+the rule that a TCP listener off loopback needs its token."""
 
 from __future__ import annotations
 
@@ -8,18 +8,47 @@ import os
 
 from relay.compose import resolve_secrets
 
+TOKENS = ("admin_token", "ingest_token")
+# A listener and the token it needs off loopback, with what such a listener without one lets
+# anyone do.
+GUARDED = (
+    ("admin", "admin_token", ""),
+    (
+        "listen",
+        "ingest_token",
+        ": anyone who can reach it could send events, which relay then signs; set ingest_token"
+        ' = { env = "RELAY_INGEST_TOKEN" } (or a literal), or listen on 127.0.0.1 (the Unix'
+        " socket needs no token)",
+    ),
+)
 
-def admin_token(table: dict) -> tuple[dict, list[str]]:
-    """``[relay] admin_token``, a literal or ``{ env = "VARIABLE" }`` as in [secrets], resolved
-    now; the problems name the key and the variable, never the value."""
-    if "admin_token" not in table:
-        return table, []
-    values, problems = resolve_secrets({"admin_token": table["admin_token"]}, os.environ)
-    token = values.get("admin_token")
-    lines = [f"relay.admin_token: {message}" for _, message in problems]
-    if not problems and not token:
-        lines.append("relay.admin_token: must not be empty")
-    return {**table, "admin_token": token or None}, lines
+
+def tokens(table: dict) -> tuple[dict, list[str]]:
+    """``[relay] admin_token`` and ``ingest_token``, each a literal or ``{ env = "VARIABLE" }``
+    as in [secrets], resolved now; the problems name the key and the variable, never the
+    value."""
+    lines = []
+    for key in TOKENS:
+        if key not in table:
+            continue
+        values, problems = resolve_secrets({key: table[key]}, os.environ)
+        token = values.get(key)
+        lines += [f"relay.{key}: {message}" for _, message in problems]
+        if not problems and not token:
+            lines.append(f"relay.{key}: must not be empty")
+        table = {**table, key: token or None}
+    return table, lines
+
+
+def unguarded(relay, problems: list[str]) -> list[str]:
+    """A listener off loopback without its token: the relay refuses to start. (A token that
+    could not be resolved is one of ``problems`` already.)"""
+    return [
+        f"relay.{token}: required when relay.{key} ({address}) is not a loopback address{why}"
+        for key, token, why in GUARDED
+        if (address := getattr(relay, key)) and getattr(relay, token) is None
+        if not is_loopback(address) and not any(p.startswith(f"relay.{token}:") for p in problems)
+    ]
 
 
 def is_loopback(listen: str) -> bool:

@@ -20,7 +20,7 @@ from cattrs.gen import make_dict_structure_fn, override
 
 from relay import logs
 from relay.compose import compile_request, resolve_secrets
-from relay.config.admin import admin_token, is_loopback
+from relay.config.admin import tokens, unguarded
 from relay.config.journal import journal_table
 from relay.config.schema import (
     WEBHOOK_ID,
@@ -235,7 +235,7 @@ def load_for_admin(path: str | Path) -> Config:
         path = Path(path).absolute()
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
-            table, problems = admin_token(dict(data.get("relay", {})))
+            table, problems = tokens(dict(data.get("relay", {})))
             if problems:
                 raise e from None
             settings = converter().structure(table, RelaySettings)
@@ -274,15 +274,11 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
     secrets, problems = resolve_secrets(data.get("secrets", {}), os.environ)
     errors.extend(f"{name}: {place}: {message}" for place, message in problems)
 
-    relay_table, problems = admin_token(_table(data, "relay", errors, name))
+    relay_table, problems = tokens(_table(data, "relay", errors, name))
     errors.extend(f"{name}: {line}" for line in problems)
     relay = structure_or_note(relay_table, RelaySettings, "relay")
-    if relay is not None and relay.admin and relay.admin_token is None:
-        if not problems and not is_loopback(relay.admin):
-            errors.append(
-                f"{name}: relay.admin_token: required when relay.admin ({relay.admin}) is not a"
-                " loopback address"
-            )
+    if relay is not None:
+        errors.extend(f"{name}: {line}" for line in unguarded(relay, problems))
     journal_raw, problems = journal_table(_table(data, "journal", errors, name))
     errors.extend(f"{name}: {line}" for line in problems)
     journal = structure_or_note(journal_raw, JournalSettings, "journal") if not problems else None

@@ -124,6 +124,27 @@ def _networks(value):
             return f"{network!r} is not an IP network like 127.0.0.0/8 ({e})"
 
 
+# A name as a Host header has it (RFC 3986 reg-name, as DNS and container names spell them).
+_HOST_NAME = re.compile(r"[a-z0-9_](?:[-a-z0-9_.]{0,251}[a-z0-9_])?\Z")
+
+
+@validator
+def _host_names(value):
+    for name in value:
+        if name.startswith("[") and name.endswith("]"):
+            try:
+                ipaddress.IPv6Address(name[1:-1])
+                continue
+            except ValueError:
+                pass
+        elif _HOST_NAME.match(name.lower()):
+            continue
+        return (
+            f"{name!r} is not a host name as a Host header has it (a name or an IP address,"
+            " without a port; IPv6 in brackets)"
+        )
+
+
 def _one_of(*choices: str):
     @validator
     def check(value):
@@ -298,6 +319,12 @@ class RelaySettings:
     # resolved when it loads (relay/config/loading.py).
     admin: str | None = field(default=None, validator=_listen)
     admin_token: str | None = field(default=None, repr=False)
+    # Bearer token for TCP ingest (the Unix socket needs none): required unless `listen` is a
+    # loopback address; resolved as admin_token is.
+    ingest_token: str | None = field(default=None, repr=False)
+    # Names besides the listener's address and loopback's that the TCP listeners answer to
+    # (the Host header; relay/http/admission.py: against DNS rebinding).
+    allow_hosts: tuple[str, ...] = field(default=(), validator=_host_names)
 
 
 @frozen

@@ -55,14 +55,15 @@ class Attempt:
 
 
 class _Run:
-    """What an attempt has come to so far: its request, once built, and its outcome, once known
-    (still None when the deadline cut it short)."""
+    """What an attempt has come to so far: its request, once built, its answer, once one came,
+    and its outcome, once known (still None when the deadline cut it short)."""
 
-    __slots__ = ("started", "request", "outcome")
+    __slots__ = ("started", "request", "response", "outcome")
 
     def __init__(self, started: float):
         self.started = started
         self.request: Request | None = None
+        self.response: Response | None = None
         self.outcome: Outcome | None = None
 
     def elapsed(self) -> float:
@@ -89,7 +90,9 @@ class Attempts:
 
     async def __call__(
         self, webhook: Webhook, delivery: Delivery
-    ) -> tuple[Request | None, Outcome]:
+    ) -> tuple[Request | None, Outcome, Response | None]:
+        """The request sent (None when none could be built), how the attempt ended, and the
+        answer (None when none came)."""
         run = _Run(trio.current_time())
         if self._preparers_take_attempt or self._takes_attempt(webhook.transport):
             try:
@@ -118,7 +121,7 @@ class Attempts:
             run.outcome = Outcome(
                 duration=run.elapsed(), error=f"no response within {webhook.timeout:g} s"
             )
-        return run.request, run.outcome
+        return run.request, run.outcome, run.response
 
     async def _run(
         self,
@@ -157,6 +160,7 @@ class Attempts:
             run.outcome = Outcome(duration=run.elapsed(), error=_describe_send_error(e))
         else:
             if isinstance(response, Response):
+                run.response = response
                 retry_after = None
                 if response.status in (429, 503):
                     retry_after = parse_retry_after(_header(response, "retry-after"), time.time())

@@ -24,9 +24,11 @@ import trio
 from relay.clock import Clock
 from relay.config import Config, Webhook
 from relay.delivery.attempt import Attempts
+from relay.delivery.capture import Capture
 from relay.delivery.health import Health
+from relay.delivery.lanes import Lane
 from relay.delivery.outcomes import delivery_fields, log_outcome
-from relay.delivery.rate import bucket_for
+from relay.delivery.replays import Replays
 from relay.delivery.stats import DeliveryStats
 from relay.journal import Journal, JournalError
 from relay.journal.states import WebhookState
@@ -34,123 +36,6 @@ from relay.model import Delivery
 from relay.plugins import Components
 
 log = logging.getLogger(__name__)
-
-
-class Lane:
-    """The deliveries of one webhook that memory holds: queued, or being attempted.
-
-    ``concurrency`` workers take deliveries from the lane's queue, one attempt at a time each.
-    Workers, rather than a task per delivery: measured at saturation, spawning a task and
-    borrowing a CapacityLimiter token per delivery cost ~8% of the relay's time.
-    """
-
-    def __init__(self, webhook: Webhook, queue: int):
-        self.webhook = webhook
-        self.queue = queue
-        self._send, self._receive = trio.open_memory_channel(queue)
-        self.workers = 0
-        self.busy = 0
-        self.stopped = False
-        self._leftover: list[Delivery] = []
-        self._nursery: trio.Nursery | None = None
-        self._dispatcher: Dispatcher | None = None  # set by run()
-        # True when a delivery found no room: the scheduler must look in the journal again
-        # once this lane has drained.
-        self.overflowed = False
-        # False while the webhook is disabled (relay/delivery/health.py): what reaches the
-        # lane goes back to the journal, unattempted, and the scheduler claims nothing for it.
-        self.enabled = webhook.enabled
-        self.bucket = bucket_for(webhook)  # rate = "...": paces the attempts; None: no pace
-
-    def room(self) -> int:
-        return self.queue - self._send.statistics().current_buffer_used
-
-    def offer(self, deliveries: Iterable[Delivery]) -> list[Delivery]:
-        """Queue what fits; return the rest."""
-        if not self.enabled:
-            return list(deliveries)
-        rest = []
-        for delivery in deliveries:
-            try:
-                self._send.send_nowait(delivery)
-            except (trio.WouldBlock, trio.ClosedResourceError):
-                rest.append(delivery)
-        if rest:
-            self.overflowed = True
-        return rest
-
-    def stop(self) -> None:
-        """Start no more attempts; those in flight finish, and ``run`` returns after them."""
-        self.stopped = True
-        self._send.close()  # workers waiting for a delivery see the end of the queue
-
-    def reconfigure(self, webhook: Webhook) -> None:
-        """Take a reloaded webhook's settings: the next attempts use them."""
-        if webhook.rate != self.webhook.rate:
-            self.bucket = bucket_for(webhook)
-        self.webhook = webhook
-        self.resize()
-
-    def resize(self) -> None:
-        """Match the workers to ``webhook.concurrency`` (after a reload)."""
-        while self._nursery is not None and self.workers < self.webhook.concurrency:
-            self.workers += 1
-            self._nursery.start_soon(self._work)
-
-    async def run(self, dispatcher: Dispatcher) -> None:
-        self._dispatcher = dispatcher
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            self.resize()
-        self._nursery = None
-        # Intake stopped (shutdown, or the webhook left the configuration): what was queued
-        # goes back to the journal, due now, rather than wait in memory unseen.
-        if self._leftover:
-            ids = [d.id for d in self._leftover]
-            await dispatcher.journal.put_to_sleep(ids, dispatcher.clock.now())
-            dispatcher.scheduler.wake()  # they are due now: another lane may take them
-
-    async def _next(self) -> Delivery | None:
-        """The next queued delivery; None once the queue is closed. What is queued already is
-        taken without a trip through trio's scheduler (~5 µs an attempt)."""
-        try:
-            return self._receive.receive_nowait()
-        except trio.WouldBlock:
-            pass
-        except trio.EndOfChannel:
-            return None
-        try:
-            return await self._receive.receive()
-        except trio.EndOfChannel:
-            return None
-
-    async def _work(self) -> None:
-        dispatcher = self._dispatcher
-        while (delivery := await self._next()) is not None:
-            if self.stopped:
-                self._leftover.append(delivery)
-                continue
-            if not self.enabled:  # disabled after it was queued: it sleeps, unattempted
-                await dispatcher.journal.put_to_sleep([delivery.id], dispatcher.clock.now())
-                continue
-            if self.overflowed and self.room() > self.queue // 2:
-                self.overflowed = False
-                dispatcher.scheduler.wake()
-            if self.bucket is not None:
-                await self.bucket.take()
-                if self.stopped or not self.enabled:  # while it waited for its turn
-                    await dispatcher.journal.put_to_sleep([delivery.id], dispatcher.clock.now())
-                    continue
-            self.busy += 1
-            try:
-                # The webhook as it is now: a reload changes the next attempts, never one in
-                # flight.
-                await dispatcher.deliver(self.webhook, delivery)
-            finally:
-                self.busy -= 1
-            if self.workers > self.webhook.concurrency:  # a reload lowered it
-                self.workers -= 1
-                return
 
 
 class Scheduler:
@@ -162,6 +47,8 @@ class Scheduler:
         self.lanes = lanes
         self._wake = trio.Event()
         self._sleeping_until = math.inf
+        self.replays = Replays(journal)  # fed to lanes after what is due (replays.py)
+        self.replays.announce(lanes)  # at start, any lane may have replays waiting
         # A write that failed (a full disk) and is written later may put deliveries to sleep
         # that are due by then: look again (relay/journal/health.py).
         journal.on_late_writes(self.wake)
@@ -202,6 +89,7 @@ class Scheduler:
                 lane.overflowed = True  # there may be more: look again once it drains
             else:
                 with_room.append(webhook_id)
+                await self.replays.feed(lane, now)
         earliest = await self.journal.next_due(with_room) if with_room else math.inf
         self._sleeping_until = earliest
         with trio.move_on_at(self.clock.to_trio(earliest)):
@@ -228,6 +116,7 @@ class Dispatcher:
         self.clock = clock
         self.lanes = {w.id: Lane(w, config.relay.queue) for w in config.webhooks}
         self.scheduler = Scheduler(journal, clock, self.lanes)
+        self.capture = Capture()  # what the journal keeps of each attempt's request and answer
         self._scheduler_scope = trio.CancelScope()
         self.stats = DeliveryStats()  # for /metrics (relay/admin/)
         self.health = Health()
@@ -314,7 +203,15 @@ class Dispatcher:
     def _apply_states(self) -> None:
         for lane in self.lanes.values():
             lane.enabled = self.health.enabled(lane.webhook)
+        # A command without the admin listener writes replays into the file and reloads.
+        self.scheduler.replays.announce(self.lanes)
         self.scheduler.wake()  # an enabled lane's deliveries are due
+
+    def replayed(self, webhook_ids: Iterable[str]) -> None:
+        """Deliveries to these webhooks were replayed (relay/journal/replays.py): their lanes
+        take them as they have room."""
+        self.scheduler.replays.announce(webhook_ids)
+        self.scheduler.wake()
 
     async def recover(self, previous_run: int) -> None:
         """Resume what earlier runs held in memory when they ended (kill -9, power loss).
@@ -358,15 +255,12 @@ class Dispatcher:
             self.scheduler.wake()
 
     async def deliver(self, webhook: Webhook, delivery: Delivery) -> None:
+        d = delivery  # not attrs.evolve: ~2 µs more an attempt
         delivery = Delivery(
-            delivery.id,
-            delivery.webhook_id,
-            delivery.event,
-            delivery.attempts + 1,
-            delivery.order_key,
+            d.id, d.webhook_id, d.event, d.attempts + 1, d.attempt_base, d.order_key
         )
         started_at = self.clock.now()
-        request, outcome = await self.attempts(webhook, delivery)
+        request, outcome, response = await self.attempts(webhook, delivery)
         self.attempts.finished(webhook, delivery, request, outcome)
         next_at = None
         # 410 Gone: the webhook is no more; no retry, and it is disabled below.
@@ -374,9 +268,16 @@ class Dispatcher:
             delay = self._retry_delay(webhook, delivery, outcome)
             if delay is not None:
                 next_at = started_at + outcome.duration + delay
+        sent, answer = self.capture(webhook, delivery, request, response)
         ordered = webhook.order_by is not None
         await self.journal.record_attempt(
-            delivery, started_at, outcome, next_at=next_at, ordered=ordered
+            delivery,
+            started_at,
+            outcome,
+            next_at=next_at,
+            request=sent,
+            response=answer,
+            ordered=ordered,
         )
         self.stats.record(
             webhook.id, outcome, final=next_at is None, ended_at=started_at + outcome.duration
@@ -401,8 +302,9 @@ class Dispatcher:
 
     def _retry_delay(self, webhook, delivery, outcome) -> float | None:
         policy = self.components.retry_policies[webhook.retry]
+        attempt = delivery.attempts - delivery.attempt_base  # tries count from the last replay
         try:
-            delay = policy(webhook, delivery.attempts, outcome)
+            delay = policy(webhook, attempt, outcome)
             if delay is not None and (
                 isinstance(delay, bool) or not isinstance(delay, (int, float))
             ):
@@ -415,4 +317,4 @@ class Dispatcher:
                 webhook.backoff.first,
                 extra=delivery_fields(webhook.id, delivery),
             )
-            return webhook.backoff.first if delivery.attempts < webhook.tries else None
+            return webhook.backoff.first if attempt < webhook.tries else None

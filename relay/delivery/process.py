@@ -15,7 +15,8 @@ What crosses the pipes (frames of relay/journal/frames.py):
 - stdin, from the relay: lists of commands: ``("deliver", rows)`` for deliveries just journaled,
   ``("wake",)`` when the relay put some to sleep in the journal instead, ``("reload", text)``
   with the configuration's text the relay validated, ``("states",)`` to re-read the journal's
-  webhook states (relay/journal/states.py), and ``("stop", grace)``.
+  webhook states (relay/journal/states.py), ``("replayed", webhook_ids)`` when the relay
+  replayed deliveries to them (relay/delivery/replays.py), and ``("stop", grace)``.
 - the answers pipe (its descriptor is an argument), from the relay: the results of this
   process's journal batches. A pipe of its own, so that an answer never queues behind commands:
   a command may itself wait for the journal, and one pipe could then deadlock.
@@ -154,6 +155,8 @@ class DeliveryWorker:
                     dispatcher.scheduler.wake()
                 elif kind == "states":
                     await dispatcher.refresh_states()
+                elif kind == "replayed":
+                    dispatcher.replayed(message[1])
                 elif kind == "reload":
                     await self.send(("reloaded", self._reload(message[1])))
                 elif kind == "stop":

@@ -203,6 +203,11 @@ class RemoteDispatcher:
         queued after this)."""
         self._command(("states",))
 
+    def replayed(self, webhook_ids: Iterable[str]) -> None:
+        """Deliveries to these webhooks were replayed: the delivery process's lanes take them
+        as they have room (relay/delivery/replays.py)."""
+        self._command(("replayed", sorted(set(webhook_ids))))
+
     def stop_intake(self, grace: float) -> None:
         """Start no more attempts; ``run`` returns once the process has drained, at most
         ``grace`` seconds later."""

@@ -151,6 +151,7 @@ class Connection:
             status=status,
             headers=tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in headers.items()),
             body=body,
+            head=self.io.last_head,
         )
 
 

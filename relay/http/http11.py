@@ -64,6 +64,7 @@ class HTTPStream:
     def __init__(self, stream: trio.abc.Stream):
         self.stream = stream
         self.buffer = bytearray()
+        self.last_head = b""  # the last head read_head read, as it came (the client keeps it)
         # The stdlib socket itself, not trio's wrappers: measured, trio's socket methods cost
         # ~2.4 µs per call more than the same syscall and checkpoints done here (SocketStream's
         # context manager and conflict detector, then _nonblocking_helper's async context
@@ -130,7 +131,7 @@ class HTTPStream:
             self.buffer += data
         if end > MAX_HEAD:
             raise ProtocolError("message head too large", 431)
-        head = bytes(self.buffer[:end])
+        head = self.last_head = bytes(self.buffer[:end])
         del self.buffer[: end + 4]
         lines = head.split(b"\r\n")
         # Every control character goes, CR and LF too: if only the CRLFs between lines went,

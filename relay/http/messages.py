@@ -35,6 +35,10 @@ class Response:
     status: int
     headers: tuple[tuple[str, str], ...] = ()
     body: bytes = field(default=b"", repr=False)
+    # The head as it came (the status line and the header lines, CRLF between them, without
+    # the blank line), for the journal's record of the attempt; b"" from a transport that
+    # keeps none, whose record is then made of ``status`` and ``headers``.
+    head: bytes = field(default=b"", repr=False, eq=False)
 
 
 class PermanentFailure(Exception):

@@ -12,6 +12,8 @@ head from its first byte, a body, an answer the client does not read), connectio
 below the open-files limit (relay/http/limits.py) and at the cap the idle ones are closed,
 oldest first, as nginx does with its idle keep-alive connections, so a newcomer is served;
 accept errors (EMFILE) back off and are logged once per interval, not once per connection.
+A listener may have a gate (relay/http/admission.py: the Host, a token), asked before a body
+is read, so that a refused client costs no more than its head.
 """
 
 from __future__ import annotations
@@ -22,12 +24,9 @@ import http
 import json
 import logging
 import math
-import os
 import re
-import socket as stdlib_socket
 from collections.abc import Awaitable, Callable
 from operator import attrgetter
-from pathlib import Path
 from typing import NamedTuple
 
 import trio
@@ -61,6 +60,7 @@ class HTTPRequest(NamedTuple):
     headers: dict[str, str]
     body: bytes
     query: str = ""
+    stream: trio.abc.Stream | None = None  # its connection's: who asks (the admin's replays)
 
 
 class Reply(NamedTuple):
@@ -79,16 +79,20 @@ class Reply(NamedTuple):
 # A handler answers a status and a dict to send as JSON, bytes that are JSON text already, or a
 # Reply.
 Handler = Callable[[HTTPRequest], Awaitable[tuple[int, dict | bytes | Reply]]]
+# A listener's gate (relay/http/admission.py): given a request's method, target and headers,
+# before its body is read, None to serve it, else the answer that refuses it.
+Gate = Callable[[bytes, bytes, dict[bytes, bytes]], tuple[int, dict | Reply] | None]
 
 
 class _Connection:
     """One client connection, as the sweeper and the cap see it: ``expires`` is a plain float on
     the sweeper's coarse clock (past it, the sweeper cancels ``scope`` and the connection ends);
-    ``idle`` while it waits for a request head, since ``since``."""
+    ``idle`` while it waits for a request head, since ``since``; ``gate``: its listener's."""
 
-    __slots__ = ("io", "scope", "expires", "idle", "since")
+    __slots__ = ("io", "scope", "expires", "idle", "since", "gate")
 
-    def __init__(self, stream: trio.abc.Stream, now: float):
+    def __init__(self, stream: trio.abc.Stream, now: float, gate: Gate | None = None):
+        self.gate = gate
         self.io = HTTPStream(stream)
         self.scope = trio.CancelScope()
         self.expires = math.inf
@@ -131,16 +135,23 @@ class HTTPServer:
             return self._max_connections
         return connection_cap(self.open_files, self.reserve)
 
-    async def serve(self, listeners, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(
+        self, listeners, gates: dict | None = None, *, task_status=trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """``gates``: a Gate for some of ``listeners`` (the TCP ones), asked about each request
+        read there before its body; a refused request's connection closes."""
         self.open_files = raise_open_files_limit()
         self._now = trio.current_time()
+        gates = gates or {}
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._sweep)
             for listener in listeners:
-                nursery.start_soon(self._accept, listener, nursery)
+                nursery.start_soon(self._accept, listener, nursery, gates.get(listener))
             task_status.started(listeners)
 
-    async def _accept(self, listener: trio.abc.Listener, nursery: trio.Nursery) -> None:
+    async def _accept(
+        self, listener: trio.abc.Listener, nursery: trio.Nursery, gate: Gate | None = None
+    ) -> None:
         """trio.serve_listeners, with the cap, and without a traceback logged per failed accept
         (under EMFILE that was hundreds a minute)."""
         while True:
@@ -160,7 +171,7 @@ class HTTPServer:
                 self._drain()  # if the descriptors went to idle clients, this frees some
                 await trio.sleep(ACCEPT_BACKOFF)
                 continue
-            connection = _Connection(stream, self._now)
+            connection = _Connection(stream, self._now, gate)
             self._connections[connection] = None
             nursery.start_soon(self._serve_connection, connection)
 
@@ -275,6 +286,10 @@ class HTTPServer:
                 raise ProtocolError("Transfer-Encoding in an HTTP/1.0 request (RFC 9112 6.1)")
         if host is not None and not _HOST.match(host):
             raise ProtocolError(_host_problem(host))
+        if connection.gate is not None and (refused := connection.gate(method, target, headers)):
+            connection.expires = self._expires(REQUEST_TIMEOUT)  # for the answer
+            await io.send_all(_response(*refused, close=True))  # the body unread: closed
+            return False
         length = io.body_length(headers)
         if length is None or len(io.buffer) < length:  # else it came with the head
             connection.expires = self._expires(REQUEST_TIMEOUT)
@@ -299,6 +314,7 @@ class HTTPServer:
             {k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items()},
             body,
             query,
+            connection.io.stream,
         )
         try:
             status, payload = await self.handler(request)
@@ -376,43 +392,3 @@ def _reply(status: int, reply: Reply, close: bool) -> bytes:
         lines.append(("Connection", "close"))
     head = "".join(f"{name}: {value}\r\n" for name, value in lines).encode("latin-1")
     return status_line + head + b"\r\n" + reply.body
-
-
-async def open_tcp_listeners(listen: str) -> list[trio.SocketListener]:
-    host, _, port = listen.rpartition(":")
-    return await trio.open_tcp_listeners(int(port), host=host.strip("[]"))
-
-
-async def open_unix_listener(path: Path) -> trio.SocketListener:
-    """Listen on ``path`` with mode 0600, replacing a stale socket left by a crash.
-
-    trio has no Unix-socket listener of its own (trio#279), so: socket, bind, chmod, listen.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_socket():
-        if await _socket_answers(path):
-            raise OSError(errno.EADDRINUSE, f"{path}: another process is listening on it")
-        path.unlink()
-    sock = trio.socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
-    try:
-        old_umask = os.umask(0o177)  # never a moment with wider permissions
-        try:
-            await sock.bind(str(path))
-        finally:
-            os.umask(old_umask)
-        os.chmod(path, 0o600)
-        sock.listen(128)
-    except BaseException:
-        sock.close()
-        raise
-    return trio.SocketListener(sock)
-
-
-async def _socket_answers(path: Path) -> bool:
-    probe = trio.socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
-    with probe:
-        try:
-            await probe.connect(str(path))
-        except OSError:
-            return False
-    return True

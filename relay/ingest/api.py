@@ -100,12 +100,12 @@ class Api:
                 for pattern_match in matches:
                     if order_by and pattern_match in order_by:
                         key = order_key(data, order_by[pattern_match])
-                        deliveries.append(Delivery(new_id(), pattern_match, event, 0, key))
+                        deliveries.append(Delivery(new_id(), pattern_match, event, 0, 0, key))
                     else:
                         deliveries.append(Delivery(new_id(), pattern_match, event))
             else:
                 key = order_key(data, order_by[webhook_id]) if webhook_id in order_by else None
-                deliveries.append(Delivery(new_id(), webhook_id, event, 0, key))
+                deliveries.append(Delivery(new_id(), webhook_id, event, 0, 0, key))
                 if message_id is not None:
                     bindings.append((message_id, webhook_id, now + config.relay.reports_ttl))
 

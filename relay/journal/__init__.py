@@ -4,8 +4,10 @@
 ``writers`` the two it commits through, ``writer`` the process that owns the database,
 ``frames`` what crosses its pipe, ``sqlite`` the engine's SQL, ``schema`` the tables and opening
 a journal, ``retention`` what finished leaves the journal, ``bindings`` the side of delivery
-reports (which webhook wants a message's later events), and ``views`` read-only listings for the
-commands (and the admin listener's pending counts). The journal knows no HTTP and no plugins.
+reports (which webhook wants a message's later events), ``replays`` the side of replays (a fresh
+attempt budget, and their queue apart from what is due), ``views`` read-only listings for the
+commands (and the admin listener's pending counts), and ``history`` a delivery's attempts and
+replays, read-only. The journal knows no HTTP and no plugins.
 
 ``engines`` is the interface each engine has: ``sqlite`` (a file in state_dir, one relay) and
 ``postgresql`` (with ``pg_batch``, ``pg_schema``, ``pg_views``: one database that relays share;

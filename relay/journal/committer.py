@@ -41,6 +41,7 @@ from relay.journal.bindings import NOTHING_ADDED, Appended, Reporting
 from relay.journal.health import Health
 from relay.journal.health import Op as _Op
 from relay.journal.leases import LEASE, sharing
+from relay.journal.replays import Replaying, deliveries_of
 from relay.journal.states import States
 from relay.journal.writers import InlineWriter, JournalError, ProcessWriter
 from relay.model import Delivery, Event, Outcome
@@ -77,7 +78,7 @@ class _Urgent:
         self.event = trio.Event()
 
 
-class Journal(Reporting, States):
+class Journal(Reporting, States, Replaying):
     """Use ``async with Journal.open(state_dir) as journal``; the committer lives inside."""
 
     def __init__(self, send_channel: trio.MemorySendChannel, urgent: _Urgent, health: Health):
@@ -177,13 +178,16 @@ class Journal(Reporting, States):
         outcome: Outcome,
         *,
         next_at: float | None,
+        request: bytes | None = None,
+        response: bytes | None = None,
         ordered: bool = False,
     ) -> None:
         """Record attempt ``delivery.attempts`` and what follows it.
 
         ``next_at`` set: the delivery sleeps until then. Otherwise it is finished: delivered
         when the outcome is ok, failed when not; and when ``ordered`` (its webhook orders by
-        key), the next delivery of its key becomes due, in the same transaction.
+        key), the next delivery of its key becomes due, in the same transaction. ``request``
+        and ``response``: what was sent and answered, as relay/delivery/capture.py records them.
         """
         state = "pending" if next_at is not None else ("delivered" if outcome.ok else "failed")
         attempt = (
@@ -193,6 +197,8 @@ class Journal(Reporting, States):
             outcome.duration,
             outcome.status,
             outcome.error,
+            request,
+            response,
         )
         update = (
             state,
@@ -238,16 +244,7 @@ class Journal(Reporting, States):
 
     async def claim_due(self, webhook_id: str, now: float, limit: int) -> list[Delivery]:
         """Take up to ``limit`` deliveries to ``webhook_id`` due by ``now`` into memory."""
-        rows = await self._call("claim_due", webhook_id, now, limit)
-        return [
-            Delivery(
-                id=delivery_id,
-                webhook_id=webhook_id,
-                event=Event(id=event_id, name=name, body=body, received_at=received_at),
-                attempts=attempts,
-            )
-            for delivery_id, attempts, event_id, name, body, received_at in rows
-        ]
+        return deliveries_of(webhook_id, await self._call("claim_due", webhook_id, now, limit))
 
     async def release_waiting(self, webhook_ids: Iterable[str], now: float) -> int:
         """Make the deliveries to ``webhook_ids`` that wait for their key due (those webhooks
@@ -291,10 +288,13 @@ class Journal(Reporting, States):
         # send_nowait unless the queue is full: an awaited send() is also a trip through
         # trio's scheduler (~5 µs), once per event on ingest and again per attempt.
         try:
-            self._ops.send_nowait(op)
-        except trio.WouldBlock:
-            self._urgent.event.set()  # the queue is full: a ride-along wait must end
-            await self._ops.send(op)
+            try:
+                self._ops.send_nowait(op)
+            except trio.WouldBlock:
+                self._urgent.event.set()  # the queue is full: a ride-along wait must end
+                await self._ops.send(op)
+        except trio.BrokenResourceError:  # the committer stopped on a dead writer: a 503
+            raise JournalError("the journal is closed: its writer failed") from None
         if op.name not in MERGEABLE:
             self._urgent.event.set()
 

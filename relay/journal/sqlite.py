@@ -13,6 +13,7 @@ import json
 import math
 import sqlite3
 
+from relay.journal import replays
 from relay.journal.schema import (  # noqa: F401 - what the journal's users know of it, here
     COLUMNS,
     FILENAME,
@@ -191,16 +192,15 @@ def expire_bindings(conn, now, limit):
 
 
 def record_attempts(conn, attempt_rows, delivery_rows, release_rows=()):
-    """Attempts ``(delivery_id, number, started_at, duration, status, error)`` and what follows
+    """Attempts ``(delivery_id, number, started_at, duration, status, error, request,
+    response)`` (the last two: relay/delivery/capture.py's records, or None) and what follows
     each: ``(state, attempts, next_at, updated_at, last_outcome, delivery_id)``.
 
     ``release_rows``, ``(now, delivery_id)``: ordered deliveries that finished; the next of
     each one's key becomes due at ``now``, in this same transaction, so that no crash can leave
     a key with nothing in flight and the rest waiting."""
     conn.executemany(
-        "INSERT OR REPLACE INTO attempts (delivery_id, number, started_at, duration, status, error)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
-        attempt_rows,
+        "INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?)", attempt_rows
     )
     conn.executemany(
         "UPDATE deliveries SET state = ?, attempts = ?, next_at = ?, updated_at = ?,"
@@ -245,10 +245,10 @@ def probe(conn, now):
 def claim_due(conn, webhook_id, now, limit):
     """Up to ``limit`` deliveries to ``webhook_id`` due by ``now``, taken into memory.
 
-    Returns ``(delivery_id, attempts, event_id, name, body, received_at)`` rows.
+    Returns ``(delivery_id, attempts, event_id, name, body, received_at, attempt_base)`` rows.
     """
     rows = conn.execute(
-        "SELECT d.id, d.attempts, e.id, e.name, e.body, e.received_at"
+        "SELECT d.id, d.attempts, e.id, e.name, e.body, e.received_at, d.attempt_base"
         " FROM deliveries d JOIN events e ON e.id = d.event_id"
         " WHERE d.webhook_id = ? AND d.next_at IS NOT NULL AND d.next_at <= ?"
         " ORDER BY d.next_at LIMIT ?",
@@ -298,8 +298,8 @@ def oldest_pending(conn, webhook_ids):
 
 def prune(conn, after, cutoff, limit):
     """Delete events received before ``cutoff`` whose deliveries all finished before it, with
-    those deliveries and their attempts. Looks at up to ``limit`` events, oldest first from
-    rowid ``after``. An event with a delivery still pending, or finished since, stays.
+    those deliveries, their attempts and their replays. Looks at up to ``limit`` events, oldest
+    first from rowid ``after``. An event with a delivery still pending, or finished since, stays.
 
     Returns ``(the last rowid looked at, events deleted, whether to go on past it)``. Rowids
     follow arrival: the pass ends at a step whose newest event was received since ``cutoff``.
@@ -327,10 +327,12 @@ def prune(conn, after, cutoff, limit):
         )
     }
     gone = [(event_id,) for event_id in ids if event_id not in kept]
-    conn.executemany(
-        "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_id = ?)",
-        gone,
-    )
+    for table in ("attempts", "replays"):
+        conn.executemany(
+            f"DELETE FROM {table} WHERE delivery_id IN"
+            " (SELECT id FROM deliveries WHERE event_id = ?)",
+            gone,
+        )
     conn.executemany("DELETE FROM deliveries WHERE event_id = ?", gone)
     conn.executemany("DELETE FROM events WHERE id = ?", gone)
     last_seen, _, last_received = rows[-1]
@@ -355,6 +357,7 @@ def webhook_states(conn):
 OPERATIONS = {
     op.__name__: op
     for op in (
+        *replays.OPERATIONS,
         append,
         append_ordered,
         release_waiting,

@@ -12,6 +12,7 @@ from pathlib import Path
 import trio
 from attrs import frozen
 
+from relay.journal.replays import due_at
 from relay.journal.sqlite import FILENAME, pending_counts
 
 
@@ -30,6 +31,7 @@ class DeliveryRow:
     next_at: float | None  # None when pending: in the relay's memory (queued, or under way)
     last_status: int | None  # the last attempt's HTTP status, when an answer came
     last_error: str | None  # what went wrong otherwise (or besides)
+    rowid: int = 0  # its place in the journal: the cursor of a page (``before``)
 
 
 def list_deliveries(state_dir: Path, *, url: str | None = None, **filters) -> list[DeliveryRow]:
@@ -86,7 +88,7 @@ async def count_pending(
 
 LISTING = (
     "d.id, d.webhook_id, d.event_id, e.name, d.state, d.attempts, d.created_at,"
-    " a.started_at, d.next_at, a.status, a.error"
+    " a.started_at, d.next_at, a.status, a.error, d.rowid"
 )
 
 
@@ -100,13 +102,16 @@ def deliveries(
     since: float | None = None,
     until: float | None = None,
     limit: int = 50,
+    before: int | None = None,
 ) -> list[tuple]:
     """Rows of ``LISTING`` for ``relay deliveries``, the newest first, read-only from the
     journal file (a relay may be running or not).
 
     ``parked`` means pending for a webhook not in ``known_webhooks``; ``event_id`` may be an
-    event's id or one of its deliveries' ids; ``since``/``until`` bound ``created_at``.
-    Raises FileNotFoundError when ``state_dir`` holds no journal.
+    event's id or one of its deliveries' ids; ``since``/``until`` bound ``created_at``;
+    ``before``: only rows older than that rowid (the next page: keyset, never OFFSET, so a page
+    costs the same however deep). A replay waiting for its lane shows as due since it was
+    replayed. Raises FileNotFoundError when ``state_dir`` holds no journal.
     """
     path = (state_dir / FILENAME).absolute()
     if not path.exists():
@@ -120,6 +125,8 @@ def deliveries(
             event_id = found[0] if found else event_id
         first = first_rowid(conn, since) if since is not None else None
         end = first_rowid(conn, until, after=True) if until is not None else None
+        if before is not None:
+            end = before if end is None else min(end, before)
         sql, params = deliveries_query(
             state,
             webhook_id,
@@ -130,7 +137,8 @@ def deliveries(
             until=until,
             rowids=(first, end),
         )
-        return conn.execute(sql, params).fetchall()
+        rows = conn.execute(sql, params).fetchall()
+        return [(*r[:8], due_at(r[8]), *r[9:]) if r[8] is not None else r for r in rows]
     finally:
         conn.close()
 
@@ -191,8 +199,8 @@ def deliveries_query(
         where.append("d.rowid >= ? AND d.created_at >= ?")
         params.extend((first, since))
     if end is not None:
-        where.append("d.rowid < ? AND d.created_at <= ?")
-        params.extend((end, until))
+        where.append("d.rowid < ?" if until is None else "d.rowid < ? AND d.created_at <= ?")
+        params.extend((end,) if until is None else (end, until))
     sql = (
         f"SELECT {LISTING}"
         " FROM deliveries d"

@@ -51,12 +51,12 @@ def register_retry_policies(register):
     """Register retry policies: ``register(name, policy)``.
 
     ``policy(webhook, attempt, outcome) -> float | None`` is asked after failed attempt number
-    ``attempt`` (1 for the first). It returns how many seconds to wait before the next attempt,
-    or None to give up. Built in: ``"exponential"``, the seed's 10 s, 100 s, 1000 s ... capped at
-    ``backoff.max``, for ``tries`` attempts in all. ``outcome.retry_after`` is the seconds a 429
-    or 503 asked to wait (its ``Retry-After``), None otherwise; the built-in waits
-    ``max(backoff, retry_after)``, capped at ``backoff.max``. A 410 Gone is never retried (the
-    policy is not asked) and disables the webhook.
+    ``attempt`` (1 for the first, counted from the delivery's last replay). It returns how many
+    seconds to wait before the next attempt, or None to give up. Built in: ``"exponential"``,
+    the seed's 10 s, 100 s, 1000 s ... capped at ``backoff.max``, for ``tries`` attempts in all.
+    ``outcome.retry_after`` is the seconds a 429 or 503 asked to wait (its ``Retry-After``), None
+    otherwise; the built-in waits ``max(backoff, retry_after)``, capped at ``backoff.max``. A 410
+    Gone is never retried (the policy is not asked) and disables the webhook.
     """
 
 
