@@ -74,11 +74,12 @@ def replay(conn, ids, now, by, held_ok=False, dry_run=False):
         else:
             replayed.append((delivery_id, webhook_id, state, attempts))
     if replayed and not dry_run:
-        conn.executemany(
-            "UPDATE deliveries SET state = 'pending', attempt_base = attempts, next_at = ?,"
-            " updated_at = ? WHERE id = ?",
-            [(_next_at(conn, found[r[0]], now), now, r[0]) for r in replayed],
-        )
+        for r in replayed:  # one at a time: a replay of a key sees the one before it pending
+            conn.execute(
+                "UPDATE deliveries SET state = 'pending', attempt_base = attempts, next_at = ?,"
+                " updated_at = ? WHERE id = ?",
+                (_next_at(conn, found[r[0]], now), now, r[0]),
+            )
         conn.executemany(
             "INSERT INTO replays VALUES (?, ?, ?, ?)", [(r[0], now, by, r[3]) for r in replayed]
         )
