@@ -17,7 +17,7 @@ import psycopg
 import pytest
 import trio
 
-from relay.journal import pg_schema
+from relay.journal import pg_replays, pg_schema
 from relay.journal import postgresql as pg
 from relay.journal.committer import Journal
 from relay.journal.engines import masked, scrub
@@ -72,7 +72,10 @@ def test_a_dead_relays_deliveries_are_taken_over_once_its_leases_expire(tmp_path
     assert {h for h, _ in held(postgresql_url).values()} == {b.run_id}
 
     # a was not dead, only cut off: its late outcome is dropped, b's counts.
-    late = ([("d1", 1, 2.0, 0.1, 200, None)], [("delivered", 1, None, 2.1, "200", "d1")])
+    late = (
+        [("d1", 1, 2.0, 0.1, 200, None, None, None)],
+        [("delivered", 1, None, 2.1, "200", "d1")],
+    )
     ok(a, ("record_attempts", late))
     assert state(postgresql_url, "d1") == ("pending", 0)
     ok(b, ("record_attempts", late))
@@ -188,7 +191,10 @@ def test_one_key_in_flight_though_two_relays_append_to_it_at_once(tmp_path, post
     assert held(postgresql_url) == {"d1": (a.run_id, None), "d2": (None, float("inf"))}
 
     # a finishes d1: the next of its key, b's, becomes due.
-    done = ([("d1", 1, 2.0, 0.1, 200, None)], [("delivered", 1, None, 2.1, "200", "d1")])
+    done = (
+        [("d1", 1, 2.0, 0.1, 200, None, None, None)],
+        [("delivered", 1, None, 2.1, "200", "d1")],
+    )
     ok(a, ("record_attempts", (*done, [(3.0, "d1")])))
     assert held(postgresql_url)["d2"] == (None, 3.0)
 
@@ -253,3 +259,51 @@ def test_a_schema_1_journal_is_migrated_and_its_runs_keep_going(tmp_path, postgr
         assert pg_schema.migrate(conn, "db") == (pg_schema.SCHEMA_VERSION,) * 2
         assert conn.execute("SELECT id, owner FROM runs").fetchall() == [(1, None)]
     assert relay(tmp_path, url, "a").owner is not None
+
+
+# -- what the operate branch added to the journal (relay/journal/pg_replays.py) --------------
+
+
+def test_attempts_keep_their_request_and_response_and_claims_their_attempt_base(
+    tmp_path, postgresql_url
+):
+    a = relay(tmp_path, postgresql_url, "a")
+    ok(a, ("append", ([EVENT], [("d1", "e1", "crm", 1.0, 1.0)])))
+    attempt = ("d1", 1, 2.0, 0.1, 500, None, b"POST /hook", b"HTTP/1.1 500")
+    ok(a, ("record_attempts", ([attempt], [("pending", 1, 3.0, 2.1, "HTTP 500", "d1")])))
+    with psycopg.connect(postgresql_url) as conn:
+        stored = conn.execute("SELECT request, response FROM attempts").fetchall()
+    assert stored == [(b"POST /hook", b"HTTP/1.1 500")]
+    [claimed] = ok(a, ("claim_due", ("crm", 9.0, 10)))
+    assert claimed == [("d1", 1, "e1", "whatsapp:message:status", b"{}", 1.0, 0)]
+
+
+def test_a_replay_is_claimed_in_its_order_under_a_lease_and_heard_by_the_others(
+    tmp_path, postgresql_url
+):
+    a, b = relay(tmp_path, postgresql_url, "a"), relay(tmp_path, postgresql_url, "b")
+    rows = [(f"d{n}", "e1", "crm", 1.0, 1.0) for n in range(3)]
+    done = [("failed", 3, None, 2.0, "HTTP 500", f"d{n}") for n in range(3)]
+    ok(a, ("append", ([EVENT], rows)), ("record_attempts", ([], done)))
+    ok(a, ("replay", (["d2"], 5.0, "alice")), ("replay", (["d0", "d1"], 6.0, "alice")))
+    assert ok(a, ("claim_due", ("crm", 9e9, 10))) == [[]]  # replays wait in their own queue
+    [claimed] = ok(b, ("claim_replays", ("crm", 7.0, 10)))
+    assert [(row[0], row[1], row[6]) for row in claimed] == [(f"d{n}", 3, 3) for n in (2, 0, 1)]
+    assert {held_by for held_by, _ in held(postgresql_url).values()} == {b.run_id}
+    with psycopg.connect(postgresql_url) as conn:
+        leased = conn.execute("SELECT COUNT(*) FROM deliveries WHERE lease_until IS NOT NULL")
+        assert leased.fetchone() == (3,)
+        by = conn.execute("SELECT delivery_id, attempts_before FROM replays ORDER BY 1")
+        assert by.fetchall() == [("d0", 3), ("d1", 3), ("d2", 3)]
+
+
+def test_a_replay_skips_what_a_live_relay_holds_even_with_held_ok(tmp_path, postgresql_url):
+    """held_ok (no relay on this state_dir) frees only what a dead relay held: its lease has
+    expired. Another relay may be running, and what it holds stays its own."""
+    a, b = relay(tmp_path, postgresql_url, "a"), relay(tmp_path, postgresql_url, "b")
+    ok(a, ("append", ([EVENT], [("d1", "e1", "crm", 1.0, 1.0)])))
+    [(replayed, skipped)] = ok(b, ("replay", (["d1"], 5.0, "bob", True)))
+    assert replayed == [] and skipped == [("d1", pg_replays.IN_FLIGHT)]
+    expire(postgresql_url, a.run_id)
+    [(replayed, skipped)] = ok(b, ("replay", (["d1"], 5.0, "bob", True)))
+    assert [r[0] for r in replayed] == ["d1"] and skipped == []

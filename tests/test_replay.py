@@ -4,9 +4,13 @@ the attempts' numbers going on, nothing in flight replayed, and fresh traffic no
 
 The relay is the real one on its real journal; the transport is a test plugin (real sockets
 and a clock that jumps do not mix), and the endpoint is called as the admin listener calls it.
+What is the journal's (a replay by id, what is in flight, retention) runs on both engines
+(``journal_url``: SQLite, and a PostgreSQL of the test's own); a replay by webhook selects from
+the SQLite file (relay/journal/history.py).
 """
 
 import json
+import math
 import sqlite3
 from types import SimpleNamespace
 
@@ -17,9 +21,11 @@ from relay.admin.replays import replay as replay_endpoint
 from relay.delivery import replays as delivery_replays
 from relay.http.server import HTTPRequest
 from relay.journal import replays as journal_replays
+from relay.journal.engines import engine
 from relay.journal.replays import write_replays
 from relay.model import Response
 from tests.conftest import post_event, seed_events, start_with_transport
+from tests.postgres import rows as journal_rows
 
 
 class Transport:
@@ -41,9 +47,8 @@ class Transport:
         pass
 
 
-def rows(relay, query, *args):
-    with sqlite3.connect(relay.config.relay.state_dir / "journal.sqlite3") as conn:
-        return conn.execute(query, args).fetchall()
+def rows(relay, query):
+    return journal_rows(relay.config.relay.state_dir, relay.config.journal.url, query)
 
 
 async def replay(relay, **body) -> tuple[int, dict]:
@@ -59,10 +64,10 @@ async def replay(relay, **body) -> tuple[int, dict]:
 
 
 async def test_a_replay_gives_a_fresh_budget_and_the_backoff_starts_again(
-    nursery, tmp_path, autojump_clock
+    nursery, tmp_path, autojump_clock, journal_url
 ):
     transport = Transport(then=500)
-    relay = await start_with_transport(nursery, tmp_path, transport)  # tries = 3
+    relay = await start_with_transport(nursery, tmp_path, transport, journal_url=journal_url)
     await post_event(relay)
     await trio.sleep(10_000)
     [(delivery_id, state, attempts)] = rows(relay, "SELECT id, state, attempts FROM deliveries")
@@ -87,9 +92,12 @@ async def test_a_replay_gives_a_fresh_budget_and_the_backoff_starts_again(
     assert (by, before) == ("alice via admin api from an unknown address", 3)
 
 
-async def test_a_delivery_in_flight_is_not_replayed(nursery, tmp_path, autojump_clock):
+async def test_a_delivery_in_flight_is_not_replayed(nursery, tmp_path, autojump_clock, journal_url):
     transport = Transport(hang=1000)
-    relay = await start_with_transport(nursery, tmp_path, transport, {"timeout": 2000})
+    webhook = {"timeout": 2000}
+    relay = await start_with_transport(
+        nursery, tmp_path, transport, webhook, journal_url=journal_url
+    )
     await post_event(relay)
     await trio.sleep(1)
     [(delivery_id,)] = rows(relay, "SELECT id FROM deliveries")
@@ -173,17 +181,50 @@ async def test_the_command_without_a_relay_replays_what_a_dead_run_held(tmp_path
         assert conn.execute("SELECT COUNT(*) FROM runs").fetchone() == (1,)  # no run started
 
 
-def test_retention_takes_a_deliverys_replays_with_it(tmp_path):
-    from relay.journal import sqlite as journal_sql
-
-    conn = journal_sql.connect(tmp_path / "state")
+def test_retention_takes_a_deliverys_replays_with_it(tmp_path, journal_url):
+    journal = engine(journal_url)
+    conn = journal.connect(tmp_path / "state", journal_url)
     events = [(f"e{n}", "whatsapp:message:status", b"{}", 1.0) for n in range(3)]
     deliveries = [(f"d{n}", f"e{n}", "crm", 1.0, 1.0) for n in range(3)]
     finished = [("delivered", 1, None, 2.0, "HTTP 200", f"d{n}") for n in range(3)]
-    journal_sql.run_batch(
-        conn, [("append", (events, deliveries)), ("record_attempts", ([], finished))]
+    again = [("delivered", 2, None, 2.0, "HTTP 200", f"d{n}") for n in range(2)]
+    results = journal.run_batch(
+        conn,
+        [
+            ("append", (events, deliveries)),
+            ("record_attempts", ([], finished)),
+            ("replay", (["d0", "d1"], 1.5, "bob")),
+            ("record_attempts", ([], again)),  # delivered again
+        ],
     )
-    journal_replays.replay(conn, ["d0", "d1"], 1.5, "bob")
-    conn.execute("UPDATE deliveries SET state = 'delivered', next_at = NULL")
-    assert journal_sql.prune(conn, 0, 100.0, 10) == (3, 2, False)  # the newest event stays
-    assert conn.execute("SELECT delivery_id FROM replays").fetchall() == []
+    assert all(good for good, _ in results), results
+    assert len(journal_rows(tmp_path / "state", journal_url, "SELECT * FROM replays")) == 2
+    [(good, pruned)] = journal.run_batch(conn, [("prune", (0, 100.0, 10))])
+    # SQLite keeps the newest event (its rowid must not be handed out again); PostgreSQL's
+    # seq is an identity, never handed out twice.
+    assert good and pruned == (3, 2 if journal_url is None else 3, False)
+    assert journal_rows(tmp_path / "state", journal_url, "SELECT delivery_id FROM replays") == []
+    conn.close()
+
+
+def test_two_replays_of_one_key_in_one_batch_go_one_after_the_other(tmp_path, journal_url):
+    """Both deliveries of key k failed; replayed together, the second waits for the first
+    (they went to the replays' queue together, and could be in flight together)."""
+    journal = engine(journal_url)
+    conn = journal.connect(tmp_path / "state", journal_url)
+    rows = [(f"d{n}", "e1", "crm", 1.0, 1.0, "k") for n in range(2)]
+    event = ("e1", "whatsapp:message:status", b"{}", 1.0)
+    [(good, _)] = journal.run_batch(
+        conn, [("append_ordered", ([event], [], (), (), 1.0, (rows, {})))]
+    )
+    assert good
+    finish = "UPDATE deliveries SET state = 'failed', next_at = NULL, attempts = 3"
+    if journal_url is None:
+        conn.execute(finish)
+    else:
+        conn.raw.execute(finish)
+    [(good, (replayed, _))] = journal.run_batch(conn, [("replay", (["d0", "d1"], 5.0, "al"))])
+    assert good and [r[0] for r in replayed] == ["d0", "d1"]
+    found = journal_rows(tmp_path / "state", journal_url, "SELECT id, next_at FROM deliveries")
+    assert sorted(found) == [("d0", journal_replays.BAND + 5.0), ("d1", math.inf)]
+    conn.close()

@@ -85,7 +85,7 @@ class PgJournal:
             " UPDATE deliveries d SET next_at = NULL, updated_at = %s,"
             f" held_by = {held_by}, lease_until = {lease_until}"
             " FROM due, events e WHERE d.id = due.id AND e.id = d.event_id"
-            " RETURNING d.id, d.attempts, e.id, e.name, e.body, e.received_at"
+            " RETURNING d.id, d.attempts, e.id, e.name, e.body, e.received_at, d.attempt_base"
         )
 
     def open(self) -> None:

@@ -19,10 +19,11 @@ from relay.journal.pg_schema import (
     schema_problems,
     version,
 )
+from relay.journal.replays import due_at
 
 LISTING = (
     "d.id, d.webhook_id, d.event_id, e.name, d.state, d.attempts, d.created_at,"
-    " a.started_at, d.next_at, a.status, a.error"
+    " a.started_at, d.next_at, a.status, a.error, d.seq"
 )
 
 
@@ -48,8 +49,10 @@ def deliveries(
     since: float | None = None,
     until: float | None = None,
     limit: int = 50,
+    before: int | None = None,
 ) -> list[tuple]:
-    """As views.deliveries."""
+    """As views.deliveries: ``before`` and the rows' last column are ``seq`` (SQLite's rowid),
+    a waiting replay's ``next_at`` the time it was replayed."""
     with _reader(url) as conn:
         if event_id is not None:
             found = conn.execute(
@@ -72,13 +75,17 @@ def deliveries(
         if until is not None:
             where.append("d.seq < %s AND d.created_at <= %s")
             params += [first_seq(conn, until, after=True), until]
+        if before is not None:
+            where.append("d.seq < %s")
+            params.append(before)
         sql = (
             f"SELECT {LISTING} FROM deliveries d JOIN events e ON e.id = d.event_id"
             " LEFT JOIN attempts a ON a.delivery_id = d.id AND a.number = d.attempts"
             + (" WHERE " + " AND ".join(where) if where else "")
             + " ORDER BY d.seq DESC LIMIT %s"
         )
-        return [tuple(row) for row in conn.execute(sql, [*params, limit]).fetchall()]
+        rows = conn.execute(sql, [*params, limit]).fetchall()
+        return [(*r[:8], due_at(r[8]), *r[9:]) for r in rows]
 
 
 def first_seq(conn, at: float, *, after: bool = False) -> int:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 
+from relay.journal import pg_replays
 from relay.journal.pg_batch import (  # noqa: F401 - the engine's interface, here
     LIVE_AGAIN,
     OPEN_ERRORS,
@@ -189,12 +190,14 @@ def record_attempts(conn, attempt_rows, delivery_rows, release_rows=()):
     attempts = {(row[0], row[1]): row for row in attempt_rows if row[0] in updated}
     if attempts:
         cur.execute(
-            "INSERT INTO attempts (delivery_id, number, started_at, duration, status, error)"
-            " SELECT * FROM unnest(%b::text[], %b::int4[], %b::float8[], %b::float8[],"
-            " %b::int4[], %b::text[]) ON CONFLICT (delivery_id, number) DO UPDATE SET"
+            "INSERT INTO attempts (delivery_id, number, started_at, duration, status, error,"
+            " request, response) SELECT * FROM unnest(%b::text[], %b::int4[], %b::float8[],"
+            " %b::float8[], %b::int4[], %b::text[], %b::bytea[], %b::bytea[])"
+            " ON CONFLICT (delivery_id, number) DO UPDATE SET"
             " started_at = excluded.started_at, duration = excluded.duration,"
-            " status = excluded.status, error = excluded.error",
-            _columns(list(attempts.values()), 6),
+            " status = excluded.status, error = excluded.error,"
+            " request = excluded.request, response = excluded.response",
+            _columns(list(attempts.values()), 8),
         )
     sleeping = any(row[2] is not None for row in delivery_rows if row[5] in updated)
     released = 0
@@ -319,8 +322,9 @@ def oldest_pending(conn, webhook_ids):
 
 
 def prune(conn, after, cutoff, limit):
-    """As sqlite.prune, by ``seq``; each delete checks again what it deletes, so that a
-    delivery another relay made pending meanwhile (a replay) stays, and its event with it."""
+    """As sqlite.prune (their replays too), by ``seq``; each delete checks again what it
+    deletes, so that a delivery another relay made pending meanwhile (a replay) stays, and its
+    event with it."""
     cur = conn.cursor()
     rows = cur.execute(
         "SELECT seq, id, received_at FROM events WHERE seq > %s ORDER BY seq LIMIT %s",
@@ -338,7 +342,8 @@ def prune(conn, after, cutoff, limit):
             (old, old, cutoff),
         ).fetchall()
     ]
-    cur.execute("DELETE FROM attempts WHERE delivery_id = ANY(%b::text[])", (gone_deliveries,))
+    for table in ("attempts", "replays"):
+        cur.execute(f"DELETE FROM {table} WHERE delivery_id = ANY(%b::text[])", (gone_deliveries,))
     gone = cur.execute(
         "DELETE FROM events e WHERE id = ANY(%b::text[])"
         " AND NOT EXISTS (SELECT 1 FROM deliveries WHERE event_id = e.id)",
@@ -366,6 +371,7 @@ def webhook_states(conn):
 OPERATIONS = {
     op.__name__: op
     for op in (
+        *pg_replays.OPERATIONS,
         append,
         append_ordered,
         release_waiting,
