@@ -27,7 +27,7 @@ from relay.journal import committer
 from relay.journal import sqlite as journal_sql
 from relay.journal.committer import Journal, JournalError, ProcessWriter
 from relay.journal.health import RETRY_FIRST, Health, Op
-from relay.model import Delivery, Event, Outcome, Request
+from relay.model import Delivery, Event, Outcome, Request, Response
 from relay.plugins import hookimpl
 from relay.plugins.builtin.backoff import exponential
 from tests.conftest import (
@@ -639,3 +639,136 @@ async def test_a_render_request_plugin_that_fails_fails_its_attempt_naming_it(
             ("failed", 2)
         ]:
             await trio.sleep(0.01)
+
+
+# -- relay/delivery/dispatch.py: the survivors of scripts/mutate that showed a gap ---------------
+
+
+async def start_with_plugins(nursery, tmp_path, webhooks: list[dict], plugins, **relay_settings):
+    """A relay in this process on trio's MockClock (the journal inline, no listener), with
+    test ``plugins`` registered through the hooks the built-ins use."""
+    config = make_config(tmp_path, webhooks, listen=None, journal="inline", **relay_settings)
+    relay = relay_of(config, plugins)
+    await nursery.start(relay.run)
+    return relay
+
+
+class ByWebhook:
+    """A transport answering each webhook as told: ``hang`` seconds, then ``statuses`` in turn
+    (then 200); notes when each of its attempts started."""
+
+    def __init__(self, **behaviour):
+        self.behaviour = behaviour  # webhook id -> (hang, [statuses])
+        self.times: dict[str, list[float]] = {w: [] for w in behaviour}
+
+    async def send(self, webhook, request):
+        hang, statuses = self.behaviour[webhook.id]
+        self.times[webhook.id].append(trio.current_time())
+        await trio.sleep(hang)
+        return Response(status=statuses.pop(0) if statuses else 200)
+
+    async def aclose(self):
+        pass
+
+
+def transport_plugin(transport):
+    class Plugin:
+        @hookimpl
+        def register_transports(self, register):
+            register("by-webhook", lambda config: transport)
+
+    return Plugin()
+
+
+def hook(webhook_id: str, **settings) -> dict:
+    return {
+        "id": webhook_id,
+        "url": "http://example.invalid/",
+        "transport": "by-webhook",
+        **settings,
+    }
+
+
+async def test_a_stopped_relay_starts_nothing_that_waits_in_a_queue(
+    nursery, tmp_path, autojump_clock
+):
+    """Mutant: a lane's ``stop`` leaving ``stopped`` false, so that its workers went on
+    attempting what was queued (and, for a webhook a reload removed, delivered to it after it
+    left) instead of handing it back to the journal."""
+    transport = ByWebhook(crm=(5.0, []))
+    relay = await start_with_plugins(
+        nursery, tmp_path, [hook("crm", concurrency=1, timeout=10.0)], [transport_plugin(transport)]
+    )
+    for _ in range(3):
+        await post_event(relay)
+    await trio.sleep(1)
+    assert len(transport.times["crm"]) == 1  # one in flight, two queued
+    relay.stop(grace=100)
+    await trio.sleep(1000)
+    assert len(transport.times["crm"]) == 1
+    states = journal_rows(
+        relay.config.relay.state_dir / "journal.sqlite3",
+        "SELECT state, attempts FROM deliveries ORDER BY state",
+    )
+    assert states == [("delivered", 1), ("pending", 0), ("pending", 0)]
+
+
+async def test_a_full_lane_does_not_hold_up_another_webhook_s_retries(
+    nursery, tmp_path, autojump_clock
+):
+    """Mutant: the scheduler's pass ending at the first lane without room (``break``), so
+    that a webhook that hangs held up every webhook after it: their retries waited until it
+    drained."""
+    transport = ByWebhook(slow=(100_000.0, []), fast=(0.0, [500]))
+    webhooks = [
+        hook("slow", concurrency=1, timeout=200_000.0),
+        hook("fast", backoff={"first": 10.0, "factor": 1.0}),
+    ]
+    relay = await start_with_plugins(
+        nursery, tmp_path, webhooks, [transport_plugin(transport)], queue=1
+    )
+    await post_event(relay, {**STATUS, "webhook_id": "fast"})  # fails; due again at 10 s
+    for _ in range(3):  # one in flight, one queued, one asleep in the journal: no room
+        await post_event(relay, {**STATUS, "webhook_id": "slow"})
+    await trio.sleep(100)
+    assert transport.times["fast"] == [pytest.approx(0, abs=1), pytest.approx(10, abs=1)]
+
+
+async def test_a_delivery_to_a_webhook_in_the_configuration_is_not_logged_parked(
+    start_relay, receiver, caplog
+):
+    """Mutant: the "parked: the webhook is no longer in the configuration" line written for
+    every delivery whose webhook is there (and not for those whose webhook is not)."""
+    caplog.set_level(logging.DEBUG)
+    running = await start_relay([{"id": "crm", "url": receiver.url}])
+    assert (await running.post(STATUS)).status_code == 202
+    await receiver.wait_for(1)
+    assert not [r for r in caplog.records if "parked" in r.getMessage()]
+
+
+async def test_a_retry_policy_that_answers_nonsense_falls_back_to_the_backoff(
+    nursery, tmp_path, autojump_clock, caplog
+):
+    """Mutants: the check of what a retry policy returned inverted (``delay is None``) or
+    weakened (``and``), so that a policy's "soon" reached the scheduler and broke the
+    attempt's bookkeeping; and the fallback retrying only once ``tries`` were spent, instead
+    of until then."""
+
+    class Nonsense:
+        @hookimpl
+        def register_retry_policies(self, register):
+            register("nonsense", lambda webhook, attempt, outcome: "soon")
+
+    transport = ByWebhook(crm=(0.0, [500, 500, 500]))
+    webhook = hook("crm", retry="nonsense", tries=2, backoff={"first": 7.0, "factor": 1.0})
+    relay = await start_with_plugins(
+        nursery, tmp_path, [webhook], [transport_plugin(transport), Nonsense()]
+    )
+    await post_event(relay)
+    await trio.sleep(1000)
+    assert transport.times["crm"] == [pytest.approx(0, abs=1), pytest.approx(7, abs=1)]
+    assert "retry policy 'nonsense' failed; retrying in 7 s" in caplog.text
+    states = journal_rows(
+        relay.config.relay.state_dir / "journal.sqlite3", "SELECT state, attempts FROM deliveries"
+    )
+    assert states == [("failed", 2)]
