@@ -88,6 +88,7 @@ class Receiver:
     requests: list[Arrived] = attrs.Factory(list)
     statuses: list[int] = attrs.Factory(list)  # answers to give, in order; then 200
     hang: float = 0.0  # seconds to wait before answering
+    answer: bytes = b""  # the body of every answer
     _arrived: trio.Event = attrs.Factory(trio.Event)
 
     async def serve(self, stream: trio.abc.Stream) -> None:
@@ -118,8 +119,11 @@ class Receiver:
                 if self.hang:
                     await trio.sleep(self.hang)
                 status = self.statuses.pop(0) if self.statuses else 200
-                response = h11.Response(status_code=status, headers=[("content-length", "0")])
-                await stream.send_all(conn.send(response) + conn.send(h11.EndOfMessage()))
+                length = str(len(self.answer))
+                response = h11.Response(status_code=status, headers=[("content-length", length)])
+                head = conn.send(response)
+                body = conn.send(h11.Data(data=self.answer)) if self.answer else b""
+                await stream.send_all(head + body + conn.send(h11.EndOfMessage()))
                 if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                     return  # one side asked to close
                 conn.start_next_cycle()
