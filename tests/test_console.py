@@ -170,6 +170,46 @@ async def test_the_pages_show_recent_rates_and_a_delivery_masked(start_relay, nu
         assert missing.status_code == 404
 
 
+async def test_replaying_many_counts_them_first_then_replays_on_confirmation(start_relay, nursery):
+    receiver = await start_receiver(nursery)
+    receiver.statuses = [500, 500]
+    running, url = await console_relay(start_relay, receiver)
+    assert (await running.post([STATUS, STATUS])).status_code == 202
+    await receiver.wait_for(2)
+    state_dir = running.relay.config.relay.state_dir
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        with trio.fail_after(10):
+            while len(views.list_deliveries(state_dir, state="failed")) < 2:
+                await client.get("/console/live.json")
+        csrf = csrf_of((await client.get("/console/deliveries")).text)
+        form = {"csrf": csrf, "webhook": "crm", "state": "failed", "since": "1h"}
+        own = {"Origin": url}
+        counted = await client.post("/console/replay", data=form, headers=own)
+        assert counted.status_code == 200
+        assert "2 deliveries would be replayed (a dry run" in counted.text
+        assert len(views.list_deliveries(state_dir, state="failed")) == 2  # nothing changed
+        assert len(receiver.requests) == 2
+        # The confirmation carries the window as it was counted: Unix seconds, not "1h".
+        since = re.search(r'name="since" value="([0-9.]+)"', counted.text).group(1)
+        assert abs(float(since) - (running.relay.clock.now() - 3600)) < 60
+        assert 'name="confirm" value="yes"' in counted.text
+        confirm = form | {"since": since, "confirm": "yes"}
+        done = await client.post("/console/replay", data=confirm, headers=own)
+        assert "Replayed 2 deliveries" in done.text
+        await receiver.wait_for(4)
+        future = form | {"since": "2999-01-01T00:00"}
+        none = await client.post("/console/replay", data=future, headers=own)
+        assert "No delivery matches" in none.text
+        wrong = await client.post("/console/replay", data=form | {"webhook": "nope"}, headers=own)
+        assert wrong.status_code == 400 and "no webhook &#39;nope&#39;" in wrong.text
+        one = views.list_deliveries(state_dir, state="all")[0].id
+        again = await client.post(
+            f"/console/deliveries/{one}/replay", data={"csrf": csrf}, headers=own
+        )
+        assert again.headers["location"] == f"/console/deliveries/{one}?notice=replayed"
+        await receiver.wait_for(5)
+
+
 # -- the recent attempts' ring ---------------------------------------------------------------
 
 
