@@ -62,7 +62,11 @@ def rowid_range(state_dir: Path) -> tuple[int, int]:
     """The oldest and newest deliveries' rowids (1 and 0: none)."""
     conn = sqlite3.connect(f"{(state_dir / FILENAME).absolute().as_uri()}?mode=ro", uri=True)
     try:
-        sql = "SELECT COALESCE(MIN(rowid), 1), COALESCE(MAX(rowid), 0) FROM deliveries"
+        # Two subqueries: MIN and MAX in one would walk the table instead of two lookups.
+        sql = (
+            "SELECT COALESCE((SELECT MIN(rowid) FROM deliveries), 1),"
+            " COALESCE((SELECT MAX(rowid) FROM deliveries), 0)"
+        )
         return conn.execute(sql).fetchone()
     finally:
         conn.close()
