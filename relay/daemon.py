@@ -85,7 +85,8 @@ class Relay:
         if problem := directory_problem(relay.state_dir, (FILENAME, f"{FILENAME}-wal")):
             raise StartError(state_dir_error(relay.state_dir, problem))
         try:
-            async with Journal.open(relay.state_dir, mode=relay.journal) as journal:
+            at = {"url": self.config.journal.url, "lease": self.config.journal.lease}
+            async with Journal.open(relay.state_dir, mode=relay.journal, **at) as journal:
                 await self._run(journal, task_status)
         except JournalUnusable as e:  # damaged, say: refused before any listener opens
             raise StartError(str(e)) from None
@@ -131,7 +132,9 @@ class Relay:
         """As the journal is now, before this run writes (started() once that is fixed), and
         read beside it while the relay starts."""
         state_dir = self.config.relay.state_dir
-        self.pending_at_start = await count_pending(state_dir, task_status=task_status)
+        self.pending_at_start = await count_pending(
+            state_dir, url=self.config.journal.url, task_status=task_status
+        )
         self.pending_counted.set()
 
     async def _recover(self, previous_run: int) -> None:
@@ -199,6 +202,7 @@ class Relay:
         restart_needed = [
             key for key in RESTART_KEYS if getattr(new.relay, key) != getattr(old.relay, key)
         ]
+        restart_needed += ["journal"] if new.journal != old.journal else []
         if "plugins_dir" not in restart_needed and (files := self._plugin_files_changed()):
             restart_needed.append(f"plugins_dir ({files})")
         self.config = new
@@ -362,14 +366,14 @@ def _address(listener: trio.SocketListener):
     return name if isinstance(name, str) else f"{name[0]}:{name[1]}"
 
 
-async def serve(relay: Relay) -> None:
+async def serve(relay: Relay, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Run ``relay`` until SIGTERM or SIGINT (a second one stops at once); SIGHUP reloads."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_signals, signals, relay, nursery.cancel_scope)
             if relay.config.relay.watch:
                 nursery.start_soon(_watch_file, relay)
-            await relay.run()
+            await relay.run(task_status=task_status)  # started: it takes events
             nursery.cancel_scope.cancel()
 
 

@@ -12,7 +12,15 @@ from attrs import field, frozen
 
 from relay.http.messages import PermanentFailure, Request, Response
 
-__all__ = ["Delivery", "Event", "Outcome", "PermanentFailure", "Request", "Response"]
+__all__ = [
+    "Delivery",
+    "Event",
+    "Outcome",
+    "PermanentFailure",
+    "Request",
+    "Response",
+    "order_key",
+]
 
 
 @frozen
@@ -39,6 +47,7 @@ class Delivery:
 
     ``attempt_base``: the attempts made before its last replay (``relay replay``), from which
     the retry policy counts its tries anew; the attempts' numbers go on from ``attempts``.
+    ``order_key``: its key when the webhook orders by one (``order_by``), else None.
     """
 
     id: str
@@ -46,6 +55,22 @@ class Delivery:
     event: Event
     attempts: int = 0
     attempt_base: int = 0
+    order_key: str | None = None
+
+
+def order_key(data: Any, path: str) -> str | None:
+    """The value at ``path`` (``"payload.id"``) in an event's envelope, as the key that orders
+    its deliveries: a string as it is, any other JSON value as its compact JSON (``7`` and
+    ``"7"`` are different keys); None when the path leads nowhere or to null (no order)."""
+    for name in path.split("."):
+        if not isinstance(data, dict):
+            return None
+        data = data.get(name)
+    if data is None:
+        return None
+    if isinstance(data, str):
+        return data
+    return json.dumps(data, separators=(",", ":"), sort_keys=True)
 
 
 @frozen

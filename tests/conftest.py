@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import attrs
@@ -18,6 +19,9 @@ from relay.ingest.api import Api
 from relay.model import Response
 from relay.plugins import Components, hookimpl, make_plugin_manager
 from tests.daemon import kill_leftovers
+
+# postgresql_server, postgresql_url, journal_url: a private PostgreSQL for the journal's tests.
+pytest_plugins = ("tests.postgres",)
 
 SEED = Path(__file__).parent.parent / "relay" / "compose" / "examples.json"
 
@@ -88,7 +92,8 @@ class Receiver:
     requests: list[Arrived] = attrs.Factory(list)
     statuses: list[int] = attrs.Factory(list)  # answers to give, in order; then 200
     hang: float = 0.0  # seconds to wait before answering
-    answer: bytes = b""  # the body of every answer
+    answer: Callable[[Arrived], int] | None = None  # the status for each request, if set
+    answer_body: bytes = b""  # the body of every answer
     _arrived: trio.Event = attrs.Factory(trio.Event)
 
     async def serve(self, stream: trio.abc.Stream) -> None:
@@ -118,11 +123,14 @@ class Receiver:
                 self._arrived.set()
                 if self.hang:
                     await trio.sleep(self.hang)
-                status = self.statuses.pop(0) if self.statuses else 200
-                length = str(len(self.answer))
+                if self.answer is not None:
+                    status = self.answer(self.requests[-1])
+                else:
+                    status = self.statuses.pop(0) if self.statuses else 200
+                length = str(len(self.answer_body))
                 response = h11.Response(status_code=status, headers=[("content-length", length)])
                 head = conn.send(response)
-                body = conn.send(h11.Data(data=self.answer)) if self.answer else b""
+                body = conn.send(h11.Data(data=self.answer_body)) if self.answer_body else b""
                 await stream.send_all(head + body + conn.send(h11.EndOfMessage()))
                 if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                     return  # one side asked to close
@@ -180,9 +188,13 @@ class RunningRelay:
             )
 
 
-def make_config(tmp_path: Path, webhooks: list[dict], **relay_settings) -> config_module.Config:
+def make_config(
+    tmp_path: Path, webhooks: list[dict], *, journal_url: str | None = None, **relay_settings
+) -> config_module.Config:
     # Delivery in this process: the relay runs in the test's trio run (its clock may be mocked,
     # its plugins registered in code). tests/daemon.py runs the real process split.
+    # journal_url: a PostgreSQL journal (tests/postgres.py), else SQLite in the state_dir.
+    journal = {"journal": {"url": journal_url}} if journal_url else {}
     relay = {
         "listen": "127.0.0.1:0",
         "state_dir": str(tmp_path / "state"),
@@ -191,7 +203,7 @@ def make_config(tmp_path: Path, webhooks: list[dict], **relay_settings) -> confi
         **relay_settings,
     }
     return config_module.parse(
-        {"relay": relay, "webhooks": webhooks}, (tmp_path / "relay.toml").absolute()
+        {"relay": relay, "webhooks": webhooks, **journal}, (tmp_path / "relay.toml").absolute()
     )
 
 

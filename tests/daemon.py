@@ -9,6 +9,8 @@ from pathlib import Path
 
 import trio
 
+from relay.children import DELIVERY, WRITER
+
 
 def webhook_toml(webhook_id: str, url: str) -> str:
     return f"""
@@ -91,16 +93,16 @@ class Daemon:
         with trio.fail_after(timeout):
             return await self.process.wait()
 
-    def child(self, module: str) -> int:
-        """The pid of the relay's child process running ``python -m <module>``."""
-        return child_of(self.process.pid, module)
+    def child(self, subcommand: str) -> int:
+        """The pid of the relay's child process running ``subcommand`` (relay/children.py)."""
+        return child_of(self.process.pid, subcommand)
 
     def pids(self) -> dict[str, int]:
         """The relay's three processes: ``relay``, ``writer`` and ``delivery``."""
         return {
             "relay": self.process.pid,
-            "writer": self.child("relay.journal.writer"),
-            "delivery": self.child("relay.delivery.process"),
+            "writer": self.child(WRITER),
+            "delivery": self.child(DELIVERY),
         }
 
     def kill_9(self, victim: str) -> dict[str, int]:

@@ -143,7 +143,7 @@ def test_a_session_expires_and_its_mac_covers_its_time():
 async def test_the_pages_show_recent_rates_and_a_delivery_masked(start_relay, nursery):
     receiver = await start_receiver(nursery)
     receiver.statuses = [500]
-    receiver.answer = f'{{"error": "db down", "echo": "{SECRET}"}}'.encode()
+    receiver.answer_body = f'{{"error": "db down", "echo": "{SECRET}"}}'.encode()
     running, url = await console_relay(start_relay, receiver)
     assert (await running.post(STATUS)).status_code == 202
     await receiver.wait_for(1)

@@ -78,7 +78,7 @@ async def test_a_failed_delivery_is_shown_replayed_and_delivered_without_a_reloa
     from playwright.sync_api import expect
 
     answer = b'{"error": "database unavailable"}'
-    receiver = await start_receiver(nursery, Receiver(statuses=[500], answer=answer))
+    receiver = await start_receiver(nursery, Receiver(statuses=[500], answer_body=answer))
     daemon, admin = await start_daemon(tmp_path, webhook("crm", receiver.url))
     page = await browser.page(1280)
 
@@ -106,7 +106,7 @@ async def test_a_failed_delivery_is_shown_replayed_and_delivered_without_a_reloa
         expect(page.locator(".delivery h2 .state")).to_have_text("failed")
 
     await browser.run(shown_failed)
-    receiver.answer, receiver.hang = b'{"ok": true}', 1.0  # fixed, and a little slow
+    receiver.answer_body, receiver.hang = b'{"ok": true}', 1.0  # fixed, and a little slow
 
     def replay():
         page.get_by_role("button", name="Replay").click()

@@ -1,8 +1,9 @@
 """The journal's committer (relay/journal/committer.py): which writes share a commit, and when
 it runs.
 
-The real journal on a temp dir; the writer is the inline one, wrapped to note each batch it is
-given and the (mock) time it was given.
+The real journal on a temp dir, or a PostgreSQL database of the test's own (each test runs on
+both); the writer is the inline one, wrapped to note each batch it is given and the (mock)
+time it was given.
 """
 
 import pytest
@@ -26,8 +27,8 @@ class Noting:
 
 
 @pytest.fixture
-async def writer(tmp_path):
-    return Noting(await InlineWriter.start(tmp_path))
+async def writer(tmp_path, journal_url):
+    return Noting(await InlineWriter.start(tmp_path, url=journal_url))
 
 
 def delivery(n: int) -> Delivery:

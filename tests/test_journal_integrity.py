@@ -7,6 +7,8 @@ zero bytes, cut in the middle, garbage written over pages in the middle, moved a
 
 import os
 import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -132,6 +134,35 @@ def test_salvage_never_writes_over_a_journal(tmp_path):
     make_journal(tmp_path / "other")
     with pytest.raises(repair.SalvageError, match="holds a journal already"):
         repair.salvage(tmp_path / "state" / journal_sql.FILENAME, tmp_path / "other")
+
+
+def test_a_journal_another_connection_is_checkpointing_is_not_taken_for_cut(tmp_path):
+    """A checkpoint writes the new header first, then the pages that grow the file, then
+    deletes the WAL: a relay starting meanwhile (beside `relay webhooks disable` closing its
+    connection, say) must look again, not refuse a sound journal. Here the checkpoint's
+    second half lands 60 ms after the first; a cut that stays is still refused."""
+    state = tmp_path / "state"
+    make_journal(state)
+    path = state / journal_sql.FILENAME
+    whole = path.read_bytes()
+    cut(path, 4096)  # the header counts every page; the file holds the first
+
+    def finish():
+        time.sleep(0.06)
+        with path.open("r+b") as f:
+            f.write(whole)
+
+    thread = threading.Thread(target=finish)
+    thread.start()
+    try:
+        integrity.check_file(path)  # no JournalDamaged: it looked again
+    finally:
+        thread.join()
+    conn = journal_sql.connect(state)
+    conn.close()
+    cut(path, 4096)
+    with pytest.raises(JournalDamaged, match="cut short"):
+        integrity.check_file(path)
 
 
 def test_a_journal_cut_to_zero_bytes_is_refused_not_replaced(tmp_path):

@@ -1,11 +1,11 @@
 """The journal under any sequence of what a relay does to it, crashes included.
 
 A hypothesis state machine drives the real journal (``Journal.running`` with the inline writer,
-SQLite on a temp dir) as relay's runs would: accept events (their deliveries go straight to
-memory, as ingest hands them to lanes), record attempts (delivered, failed for the last time,
-or asleep until a retry), hand deliveries back to the journal, claim due ones, crash (the trio
-run is cancelled: whatever the committer had not committed is gone, and the connection is
-dropped), reopen, and recover what the dead run held.
+SQLite on a temp dir, and the same on PostgreSQL) as relay's runs would: accept events (their
+deliveries go straight to memory, as ingest hands them to lanes), record attempts (delivered,
+failed for the last time, or asleep until a retry), hand deliveries back to the journal, claim
+due ones, crash (the trio run is cancelled: whatever the committer had not committed is gone,
+and the connection is dropped), reopen, and recover what the dead run held.
 
 After every step, on what is committed: no acknowledged event's delivery is ever lost (it is
 delivered, failed with all its tries, or pending), and one seen delivered or failed never
@@ -25,7 +25,6 @@ import functools
 import math
 import os
 import shutil
-import sqlite3
 import tempfile
 import threading
 from contextlib import asynccontextmanager
@@ -34,43 +33,51 @@ from pathlib import Path
 import trio
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from relay.journal import lock
 from relay.journal.committer import FILENAME, InlineWriter, Journal
 from relay.model import Delivery, Event, Outcome
+from tests.postgres import rows
 
 TRIES = 3
 WEBHOOK = "hook"
 
 
 @asynccontextmanager
-async def open_journal(state_dir: Path):
+async def open_journal(state_dir: Path, url: str | None = None):
     """``Journal.open(state_dir, mode="inline")``, with outcomes held for company."""
     with lock.hold(state_dir):
-        async with Journal.running(await InlineWriter.start(state_dir), ride_along=math.inf) as j:
+        writer = await InlineWriter.start(state_dir, url=url)
+        async with Journal.running(writer, ride_along=math.inf) as j:
             yield j
 
 
 class JournalThread:
     """The journal open in a trio run on a thread of its own; hypothesis calls into it."""
 
-    def __init__(self, state_dir: Path):
+    def __init__(self, state_dir: Path, url: str | None = None):
         self._ready = threading.Event()
         self._scope = trio.CancelScope()
         self._failure: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(state_dir,), daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(state_dir, url), daemon=True)
         self._thread.start()
         self._ready.wait(30)
         if self._failure is not None:
             raise self._failure
 
-    def _run(self, state_dir: Path) -> None:
+    def _run(self, state_dir: Path, url: str | None) -> None:
         async def main():
             self._token = trio.lowlevel.current_trio_token()
             self._stop = trio.Event()
             with self._scope:
-                async with open_journal(state_dir) as journal:
+                async with open_journal(state_dir, url) as journal:
                     self.journal = journal
                     self._ready.set()
                     await self._stop.wait()
@@ -103,6 +110,8 @@ class JournalThread:
 
 
 class JournalMachine(RuleBasedStateMachine):
+    url: str | None = None  # SQLite in self.dir; a PostgreSQL database's URL (below)
+
     def __init__(self):
         super().__init__()
         # In memory when the machine has a tmpfs: what is tested here is what commits, not how
@@ -122,7 +131,7 @@ class JournalMachine(RuleBasedStateMachine):
     # -- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> None:
-        self.running = JournalThread(self.dir)
+        self.running = JournalThread(self.dir, self.url)
         previous = self.running.call("last_rowid")
         self.recovery = (previous, self.tick())
 
@@ -228,30 +237,29 @@ class JournalMachine(RuleBasedStateMachine):
 
     # -- what must always hold, on what is committed -------------------------------------
 
+    def query(self, sql: str) -> list[tuple]:
+        return rows(self.dir, self.url, sql)
+
     def rows(self) -> dict[str, tuple]:
-        with sqlite3.connect(self.dir / FILENAME, timeout=30) as conn:
-            return {
-                delivery_id: (state, attempts, next_at)
-                for delivery_id, state, attempts, next_at in conn.execute(
-                    "SELECT id, state, attempts, next_at FROM deliveries"
-                )
-            }
+        return {
+            delivery_id: (state, attempts, next_at)
+            for delivery_id, state, attempts, next_at in self.query(
+                "SELECT id, state, attempts, next_at FROM deliveries"
+            )
+        }
 
     @invariant()
     def nothing_acknowledged_is_lost_and_nothing_finished_comes_back(self):
-        if not (self.dir / FILENAME).exists():
+        if self.url is None and not (self.dir / FILENAME).exists():
             return
         rows = self.rows()
-        with sqlite3.connect(self.dir / FILENAME, timeout=30) as conn:
-            tried = dict(
-                conn.execute("SELECT delivery_id, COUNT(*) FROM attempts GROUP BY delivery_id")
+        tried = dict(self.query("SELECT delivery_id, COUNT(*) FROM attempts GROUP BY delivery_id"))
+        succeeded = {
+            delivery_id
+            for (delivery_id,) in self.query(
+                "SELECT delivery_id FROM attempts WHERE status BETWEEN 200 AND 299"
             )
-            succeeded = {
-                delivery_id
-                for (delivery_id,) in conn.execute(
-                    "SELECT delivery_id FROM attempts WHERE status BETWEEN 200 AND 299"
-                )
-            }
+        }
         for delivery_id in self.acknowledged:
             assert delivery_id in rows, f"acknowledged delivery {delivery_id} lost"
             state, attempts, _ = rows[delivery_id]
@@ -271,14 +279,27 @@ TestJournalMachine = JournalMachine.TestCase
 TestJournalMachine.settings = settings(max_examples=50, stateful_step_count=30, deadline=None)
 
 
+def test_the_same_machine_on_postgresql(postgresql_server):
+    """Each example on a database of its own; fewer of them (each run connects and migrates)."""
+
+    class OnPostgres(JournalMachine):
+        def __init__(self):
+            self.url = postgresql_server.new_database()
+            super().__init__()
+
+    run_state_machine_as_test(
+        OnPostgres, settings=settings(max_examples=15, stateful_step_count=30, deadline=None)
+    )
+
+
 # Recovery goes by run (the runs table, deliveries.held_by), not by time: this held as an
 # xfail until the journal recovered by run.
 async def test_a_clock_stepped_back_across_a_restart_still_recovers_what_the_dead_run_held(
-    tmp_path,
+    tmp_path, journal_url
 ):
     event = Event("e1", "whatsapp:message:status", b"{}", 100.0)
-    async with open_journal(tmp_path) as journal:  # the run that dies: accepted at 100
+    async with open_journal(tmp_path, journal_url) as journal:  # the run that dies: at 100
         await journal.append([event], [Delivery("d1", WEBHOOK, event)], 100.0)
-    async with open_journal(tmp_path) as journal:  # the next starts at 95 by the wall clock
+    async with open_journal(tmp_path, journal_url) as journal:  # the next starts at 95
         previous = await journal.last_rowid()
         assert await journal.recover(previous, 95.0) == 1

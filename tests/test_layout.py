@@ -18,9 +18,12 @@ MAY_IMPORT = {
     "relay": set(),  # relay/__init__.py
     "relay.clock": set(),
     "relay.logs": set(),  # the log formats: nothing of relay
+    "relay.children": set(),  # how relay starts its own processes: nothing of relay
+    "relay.frozen": set(),  # what the one-file binary changes: nothing of relay
     "relay.http": set(),  # only the wire: nothing of relay's model
     "relay.model": {"relay.http.messages"},
-    "relay.journal": {"relay.model", "relay.clock"},  # no HTTP, no plugins, no configuration
+    # No HTTP, no plugins, no configuration (relay.children: how to start the writer process).
+    "relay.journal": {"relay.model", "relay.clock", "relay.children"},
     "relay.compose": {"relay.model", "relay.http"},
     "relay.config": {"relay.compose", "relay.logs"},  # configure_logging
     # relay.compose: the variables plugins declare are compiled into its tables.
@@ -29,6 +32,7 @@ MAY_IMPORT = {
     "relay.plugins.builtin": {"relay.plugins!", "relay.model"},
     "relay.ingest": {"relay.clock", "relay.config", "relay.http", "relay.journal", "relay.model"},
     "relay.delivery": {
+        "relay.children",  # the delivery process's command
         "relay.clock",
         "relay.config",
         "relay.journal",
@@ -68,8 +72,16 @@ MAY_IMPORT = {
         "relay.startup",
     },
     "relay.startup": {"relay.config", "relay.http"},
+    "relay.notify": {"relay.daemon"},  # sd_notify: the daemon's states, for relay run
     "relay.cli": {"relay"},  # the top: anything
-    "relay.__main__": {"relay.cli"},
+    # The command line, or a child process's main, which it runs without the command line.
+    "relay.__main__": {
+        "relay.cli",
+        "relay.children",
+        "relay.frozen",
+        "relay.journal.writer",
+        "relay.delivery.process",
+    },
 }
 
 

@@ -11,6 +11,7 @@ import httpx
 import pytest
 import trio
 
+from relay.children import DELIVERY, WRITER
 from tests.conftest import seed_events
 from tests.daemon import Daemon, add_plugin, alive, webhook_toml, write_config
 
@@ -62,7 +63,7 @@ async def test_kill_9_loses_no_acknowledged_event(tmp_path, nursery, victim, sta
                 while len(acknowledged) < 500 + random.randrange(500):
                     await trio.sleep(0.01)
             if stall:
-                writer = daemon.child("relay.journal.writer")
+                writer = daemon.child(WRITER)
                 os.kill(writer, signal.SIGSTOP)
                 await trio.sleep(0.2)
             pids = daemon.kill_9(victim)  # while requests are in flight
@@ -138,7 +139,7 @@ async def test_a_dead_journal_writer_stops_the_relay_and_nothing_is_acknowledged
         await post(client, 0)
         await receiver.wait_for(1)
         await nothing_pending(journal)  # its outcome is recorded: nothing else will write
-        os.kill(daemon.child("relay.journal.writer"), signal.SIGKILL)
+        os.kill(daemon.child(WRITER), signal.SIGKILL)
         await post(client, 1)  # the first write after: the relay learns the writer is gone
         async with trio.open_nursery() as clients:  # and more while it stops
             for mark in range(2, 12):
@@ -161,7 +162,7 @@ async def test_a_dead_journal_writer_stops_the_relay_and_nothing_is_acknowledged
 
 async def test_a_dead_delivery_process_stops_the_relay_and_the_next_run_delivers(tmp_path, nursery):
     receiver, config, daemon = await one_attempt_in_flight(tmp_path, nursery)
-    os.kill(daemon.child("relay.delivery.process"), signal.SIGKILL)
+    os.kill(daemon.child(DELIVERY), signal.SIGKILL)
     assert await daemon.wait() == 1
     assert "stopping: the delivery process exited" in daemon.log.read_text()
     await next_run_delivers_it_again(receiver, config)
@@ -169,7 +170,7 @@ async def test_a_dead_delivery_process_stops_the_relay_and_the_next_run_delivers
 
 async def test_kill_9_of_the_relay_ends_its_delivery_process(tmp_path, nursery):
     _, _, daemon = await one_attempt_in_flight(tmp_path, nursery)
-    delivery = daemon.child("relay.delivery.process")
+    delivery = daemon.child(DELIVERY)
     daemon.process.kill()
     assert await daemon.wait() == -signal.SIGKILL
     with trio.fail_after(10):
@@ -181,8 +182,8 @@ async def test_sigterm_while_the_delivery_process_starts_exits_0(tmp_path):
     add_plugin(
         tmp_path,
         "slow",
-        "import sys, time\n"
-        "if sys.argv[0].endswith('delivery/process.py'):\n"
+        "import time\n"
+        "if b'_delivery' in open('/proc/self/cmdline', 'rb').read().split(b'\\0'):\n"
         "    time.sleep(30)  # a heavy import, in the delivery process only\n",
     )
     daemon = await Daemon(write_config(tmp_path, "http://127.0.0.1:9/", grace=0.5)).launch()

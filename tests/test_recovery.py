@@ -1,8 +1,9 @@
 """Nothing acknowledged is stranded: not by journal writes that fail for a while (a full disk),
 not by a clock that stepped back across a crash, not by a journal of an older schema.
 
-In-process relays on trio's MockClock with the real journal in tmp_path (the inline writer,
-wrapped to fail as a full disk does), and the real daemon on a real full disk (a small tmpfs)
+In-process relays on trio's MockClock with the real journal in tmp_path, or on PostgreSQL
+(parametrized: tests/postgres.py; the inline writer, wrapped to fail as a full disk does), and
+the real daemon on a real full disk (a small tmpfs)
 where the machine lets the test mount one.
 """
 
@@ -32,6 +33,7 @@ from tests.conftest import (
     start_with_transport,
 )
 from tests.daemon import Daemon, write_config
+from tests.postgres import rows
 
 FULL = "database or disk is full"
 
@@ -60,8 +62,8 @@ def disk(monkeypatch) -> list[FillingDisk]:
     opened: list[FillingDisk] = []
     start = InlineWriter.start.__func__
 
-    async def filling(cls, state_dir):
-        opened.append(FillingDisk(await start(cls, state_dir)))
+    async def filling(cls, state_dir, **engine):
+        opened.append(FillingDisk(await start(cls, state_dir, **engine)))
         return opened[-1]
 
     monkeypatch.setattr(InlineWriter, "start", classmethod(filling))
@@ -73,18 +75,25 @@ async def get(relay, path: str) -> tuple[int, dict]:
 
 
 def states(relay) -> dict[str, int]:
-    with sqlite3.connect(relay.config.relay.state_dir / journal_sql.FILENAME) as conn:
-        return dict(conn.execute("SELECT state, count(*) FROM deliveries GROUP BY state"))
+    return dict(
+        rows(
+            relay.config.relay.state_dir,
+            relay.config.journal.url,
+            "SELECT state, count(*) FROM deliveries GROUP BY state",
+        )
+    )
 
 
 async def test_deliveries_whose_outcome_could_not_be_written_are_delivered_after_it_can(
-    nursery, tmp_path, disk, autojump_clock
+    nursery, tmp_path, disk, autojump_clock, journal_url
 ):
     # Attempts take a second, the first ten fail (each retry sleeps in the journal), and the
     # lane holds 2 + 2: the rest of the 30 events wait on disk, handed back by put_to_sleep.
     transport = RecordingTransport(statuses=[500] * 10, hang=1.0)
     webhook = {"concurrency": 2, "backoff": no_retry_delay()}
-    relay = await start_with_transport(nursery, tmp_path, transport, webhook, queue=2)
+    relay = await start_with_transport(
+        nursery, tmp_path, transport, webhook, queue=2, journal_url=journal_url
+    )
     for _ in range(30):
         await post_event(relay)
     (journal,) = disk
@@ -108,9 +117,11 @@ async def test_deliveries_whose_outcome_could_not_be_written_are_delivered_after
 
 
 async def test_healthz_recovers_without_traffic_once_writes_succeed(
-    nursery, tmp_path, disk, autojump_clock
+    nursery, tmp_path, disk, autojump_clock, journal_url
 ):
-    relay = await start_with_transport(nursery, tmp_path, RecordingTransport())
+    relay = await start_with_transport(
+        nursery, tmp_path, RecordingTransport(), journal_url=journal_url
+    )
     (journal,) = disk
     journal.full = True
     body = json.dumps(seed_events()[0]).encode()
@@ -131,11 +142,13 @@ class AnHourEarlier(Clock):
 
 
 async def test_in_flight_at_a_crash_resumes_though_the_clock_stepped_back(
-    tmp_path, monkeypatch, autojump_clock
+    tmp_path, monkeypatch, autojump_clock, journal_url
 ):
+    """On PostgreSQL as on SQLite: the relay restarted on its state_dir takes back what its
+    last run held at once (that run is dead), not when its leases expire."""
     hanging = RecordingTransport(hang=1000)
     async with trio.open_nursery() as crashing:
-        relay = await start_with_transport(crashing, tmp_path, hanging)
+        relay = await start_with_transport(crashing, tmp_path, hanging, journal_url=journal_url)
         for _ in range(3):
             await post_event(relay)
         await trio.sleep(1)
@@ -146,7 +159,7 @@ async def test_in_flight_at_a_crash_resumes_though_the_clock_stepped_back(
     monkeypatch.setattr(daemon_module, "Clock", AnHourEarlier)
     transport = RecordingTransport()
     async with trio.open_nursery() as nursery:
-        relay = await start_with_transport(nursery, tmp_path, transport)
+        relay = await start_with_transport(nursery, tmp_path, transport, journal_url=journal_url)
         await trio.sleep(10)
         assert len(transport.times) == 3
         assert states(relay) == {"delivered": 3}

@@ -48,7 +48,11 @@ def rows(relay, query, *args):
 
 async def replay(relay, **body) -> tuple[int, dict]:
     """POST /api/replay, as the admin listener hands it to its endpoint. (With no admin
-    listener, as here, no pending count is made at start: as if it were done.)"""
+    listener, as here, no pending count is made at start: as if it were done.)
+
+    A replay by webhook selects its deliveries reading the file in a thread, and while it reads
+    the mock clock jumps from timer to timer, days at a time: the relays of such tests keep
+    what finished (``retention = 0``), or retention would take the deliveries meanwhile."""
     relay.pending_counted.set()
     request = HTTPRequest("POST", "/api/replay", {}, json.dumps(body).encode())
     return await replay_endpoint(SimpleNamespace(relay=relay), request, {})
@@ -101,7 +105,7 @@ async def test_a_delivery_in_flight_is_not_replayed(nursery, tmp_path, autojump_
 
 async def test_a_dry_run_changes_nothing(nursery, tmp_path, autojump_clock):
     transport = Transport(then=500)
-    relay = await start_with_transport(nursery, tmp_path, transport, {"tries": 1})
+    relay = await start_with_transport(nursery, tmp_path, transport, {"tries": 1}, retention=0)
     for _ in range(3):
         await post_event(relay)
     await trio.sleep(10)
@@ -120,7 +124,7 @@ async def test_replayed_deliveries_do_not_starve_fresh_traffic(nursery, tmp_path
     workers, not after all 40."""
     transport = Transport(then=500)
     webhook = {"tries": 1, "concurrency": 2, "timeout": 10}
-    relay = await start_with_transport(nursery, tmp_path, transport, webhook)
+    relay = await start_with_transport(nursery, tmp_path, transport, webhook, retention=0)
     for _ in range(40):
         await post_event(relay)
     await trio.sleep(100)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import re
 import sys
 import time
@@ -101,6 +102,7 @@ def cmd_deliveries(args) -> int:
     try:
         rows = list_deliveries(
             config.relay.state_dir,
+            url=config.journal.url,
             state=state,
             webhook_id=args.webhook,
             known_webhooks=known,
@@ -109,7 +111,9 @@ def cmd_deliveries(args) -> int:
             until=args.until,
             limit=args.limit,
         )
-    except FileNotFoundError:
+    except FileNotFoundError as e:
+        if config.journal.url is not None:  # pg_views.NoJournal: its text names the database
+            raise CommandError(str(e)) from None
         raise CommandError(
             f"{config.relay.state_dir / FILENAME}: no journal there "
             f"([relay] state_dir of {config.path.name}; it appears when the relay first runs)"
@@ -135,7 +139,7 @@ def _outcome(row: DeliveryRow) -> str:
 
 
 def _iso(at: float | None) -> str | None:
-    if at is None:
+    if at is None or at == math.inf:  # inf: waits for an earlier delivery of its key
         return None
     return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")
 
@@ -250,6 +254,8 @@ def _next(row: DeliveryRow, now: float) -> str:
         return "-"
     if row.next_at is None:
         return "now"  # in the relay's memory: queued or under way (or, if none runs, at start)
+    if row.next_at == math.inf:
+        return "after its key"  # order_by: once the earlier delivery of its key has ended
     if row.next_at <= now:
         return "due"
     seconds = row.next_at - now

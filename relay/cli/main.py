@@ -15,6 +15,7 @@ from relay import config as config_module
 from relay.cli import (
     checking,
     deliveries,
+    health,
     journal,
     listen,
     replay,
@@ -32,6 +33,7 @@ COMMANDS = {
     "send": (send.cmd_send, send.add_arguments),
     "listen": (listen.cmd_listen, listen.add_arguments),
     "status": (status.cmd_status, status.add_arguments),
+    "health": (health.cmd_health, health.add_arguments),
     "deliveries": (deliveries.cmd_deliveries, deliveries.add_arguments),
     "replay": (replay.cmd_replay, replay.add_arguments),
     "plugins": (checking.cmd_plugins, add_config_option),
@@ -79,7 +81,8 @@ class _Version(argparse.Action):
 
 def version_text() -> str:
     """``relay 0.1.0``, and ``(git 1bc32f9)`` after it when the package runs from a git
-    checkout, so that a bug report names the code that ran, not only the release it grew from."""
+    checkout or from a binary built from one (scripts/build bakes the commit in), so that a bug
+    report names the code that ran, not only the release it grew from."""
     from importlib import metadata
 
     import relay
@@ -88,8 +91,18 @@ def version_text() -> str:
         version = metadata.version("relay")
     except metadata.PackageNotFoundError:  # run from a tree that was never installed
         version = relay.__version__
-    commit = _git_commit(Path(relay.__file__).resolve().parent)
+    package = Path(relay.__file__).resolve().parent
+    commit = _built_commit(package) if getattr(sys, "frozen", False) else _git_commit(package)
     return f"relay {version}" + (f" (git {commit})" if commit else "")
+
+
+def _built_commit(package: Path) -> str | None:
+    """The commit scripts/build wrote into the binary (relay/COMMIT), if it was built in a
+    checkout."""
+    try:
+        return (package / "COMMIT").read_text().strip() or None
+    except OSError:
+        return None
 
 
 def _git_commit(package: Path) -> str | None:

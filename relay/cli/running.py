@@ -32,8 +32,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_run(args) -> int:
     """run the relay until SIGTERM or SIGINT"""
-    from relay.daemon import Relay, serve
     from relay.delivery.remote import DeliveryProcessError
+    from relay.notify import NotifyingRelay, serve
     from relay.startup import StartError
 
     config, pm, components = load(args.config)
@@ -47,7 +47,7 @@ def cmd_run(args) -> int:
     log = logging.getLogger("relay")
     status = 0
     try:
-        trio.run(serve, Relay(config, pm, components))
+        trio.run(serve, NotifyingRelay(config, pm, components))
     except* (StartError, StateDirLocked, OSError) as group:
         log.error("cannot start: %s", first_error(group))
         status = 1

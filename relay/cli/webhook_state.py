@@ -21,6 +21,7 @@ import httpx
 from relay import config as config_module
 from relay.cli.common import CommandError, admin_request, ingest_request, load
 from relay.cli.render import MASK, _mask, _secret_values
+from relay.journal.engines import masked, scrub
 from relay.journal.states import pending_count, read_states, write_state
 
 
@@ -70,9 +71,11 @@ def _set(args, enabled: bool, reason: str | None) -> int:
     if _through_the_relay(config, webhook, enabled, reason):
         return 0
     try:
-        write_state(config.relay.state_dir, webhook.id, enabled, reason, time.time())
-    except Exception as e:  # noqa: BLE001 - sqlite3 or OSError: say which file
-        raise CommandError(f"{config.relay.state_dir}: cannot write the journal: {e}") from None
+        url = config.journal.url
+        write_state(config.relay.state_dir, webhook.id, enabled, reason, time.time(), url=url)
+    except Exception as e:  # noqa: BLE001 - sqlite3, psycopg or OSError: say which journal
+        where = masked(url) if url else config.relay.state_dir
+        raise CommandError(f"{where}: cannot write the journal: {scrub(str(e), url)}") from None
     print(f"{'enabled' if enabled else 'disabled'} {webhook.id}")
     try:
         if config.relay.admin is not None:  # as relay reload asks
@@ -122,7 +125,7 @@ def show(args) -> int:
     config, _, _ = load(args.config)
     webhook = _webhook(config, args.id)
     secrets = _secret_values(config, webhook)
-    state = read_states(config.relay.state_dir).get(webhook.id)
+    state = read_states(config.relay.state_dir, url=config.journal.url).get(webhook.id)
     if not webhook.enabled:
         status = f"disabled ({config.path.name}: enabled = false)"
     elif state is not None and not state.enabled:
@@ -136,7 +139,7 @@ def show(args) -> int:
         ("url", _without_query(_mask(webhook.url, secrets))),
         ("events", ", ".join(webhook.events) or "(webhook_id only)"),
         ("state", status),
-        ("pending", str(pending_count(config.relay.state_dir, webhook.id))),
+        ("pending", str(pending_count(config.relay.state_dir, webhook.id, url=config.journal.url))),
         ("secret", MASK if webhook.secret is not None else "(none: signs with its id)"),
         ("timeout", f"{webhook.timeout:g} s"),
         ("tries", str(webhook.tries)),
@@ -146,6 +149,8 @@ def show(args) -> int:
             f" max {webhook.backoff.max:g} s",
         ),
         ("concurrency", str(webhook.concurrency)),
+        ("rate", "-" if webhook.rate is None else f"{float(webhook.rate):g}/s"),
+        ("order_by", webhook.order_by or "-"),
         ("disable_after", "-" if webhook.disable_after is None else f"{webhook.disable_after:g} s"),
         ("signer", webhook.signer),
         ("transport", webhook.transport),

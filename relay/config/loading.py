@@ -21,6 +21,7 @@ from cattrs.gen import make_dict_structure_fn, override
 from relay import logs
 from relay.compose import compile_request, resolve_secrets
 from relay.config.admin import admin_token, is_loopback
+from relay.config.journal import journal_table
 from relay.config.schema import (
     WEBHOOK_ID,
     Config,
@@ -28,6 +29,8 @@ from relay.config.schema import (
     DeliverySettings,
     Duration,
     FieldError,
+    JournalSettings,
+    Rate,
     RelaySettings,
     Webhook,
 )
@@ -44,6 +47,7 @@ def converter() -> cattrs.Converter:
     c.register_structure_hook(int, lambda v, _: _expect(v, int))
     c.register_structure_hook(bool, lambda v, _: _expect_bool(v))
     c.register_structure_hook(Duration, lambda v, _: Duration.parse(v))
+    c.register_structure_hook(Rate, lambda v, _: Rate.parse(v))
     secret_type = str | tuple[str, ...] | None
     c.register_structure_hook_func(lambda t: t == secret_type, _structure_secret)
     c.register_structure_hook_func(lambda t: t == dict[str, Any], lambda v, _: dict(v))
@@ -235,6 +239,10 @@ def load_for_admin(path: str | Path) -> Config:
             if problems:
                 raise e from None
             settings = converter().structure(table, RelaySettings)
+            journal, problems = journal_table(dict(data.get("journal", {})))
+            if problems:
+                raise e from None
+            journal = converter().structure(journal, JournalSettings)
         except Exception:  # noqa: BLE001 - then the original errors are the ones to show
             raise e from None
         raw = data.get("webhooks", [])
@@ -247,6 +255,7 @@ def load_for_admin(path: str | Path) -> Config:
             relay=_resolve_paths(settings, path.parent),
             defaults=DeliverySettings(),
             webhooks=webhooks,
+            journal=journal,
         )
 
 
@@ -259,7 +268,7 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
         errors.extend(problems)
         return result
 
-    unknown = set(data) - {"relay", "defaults", "webhooks", "secrets"}
+    unknown = set(data) - {"relay", "defaults", "webhooks", "secrets", "journal"}
     if unknown:
         errors.append(f"{name}: unknown tables or keys: {', '.join(sorted(unknown))}")
     secrets, problems = resolve_secrets(data.get("secrets", {}), os.environ)
@@ -274,6 +283,9 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
                 f"{name}: relay.admin_token: required when relay.admin ({relay.admin}) is not a"
                 " loopback address"
             )
+    journal_raw, problems = journal_table(_table(data, "journal", errors, name))
+    errors.extend(f"{name}: {line}" for line in problems)
+    journal = structure_or_note(journal_raw, JournalSettings, "journal") if not problems else None
     defaults_table = _table(data, "defaults", errors, name)
     defaults = structure_or_note(defaults_table, DeliverySettings, "defaults")
 
@@ -315,7 +327,9 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
     if errors:
         raise ConfigError(errors)
     relay = _resolve_paths(relay, path.parent)
-    return Config(path=path, relay=relay, defaults=defaults, webhooks=tuple(webhooks))
+    return Config(
+        path=path, relay=relay, defaults=defaults, webhooks=tuple(webhooks), journal=journal
+    )
 
 
 def _resolve_paths(relay: RelaySettings, base: Path) -> RelaySettings:

@@ -173,6 +173,42 @@ class Duration(float):
         raise TypeError(f'expected seconds or a duration like "5d", got {got}')
 
 
+class Rate(float):
+    """Attempts a second, written ``"100/s"``, ``"600/m"`` or ``"1000/h"`` in relay.toml: a token
+    bucket per webhook (relay/delivery/rate.py)."""
+
+    UNITS = {"s": 1, "m": 60, "h": 3600}
+
+    @classmethod
+    def parse(cls, value) -> Rate:
+        if isinstance(value, str):
+            match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*/\s*([smh])\s*", value)
+            if match and float(match[1]) > 0:
+                return cls(float(match[1]) / cls.UNITS[match[2]])
+            raise ValueError(
+                'expected attempts per second, minute or hour like "100/s" or "600/m",'
+                f" got {value!r}"
+            )
+        got = "a boolean" if isinstance(value, bool) else type(value).__name__
+        raise TypeError(f'expected a rate like "100/s", got {got}')
+
+    @property
+    def burst(self) -> float:
+        """Attempts that may start at once after a quiet spell: a second's worth, at least one
+        (``"6000/m"`` starts at most 100 at once, not 6000)."""
+        return max(1.0, float(self))
+
+
+# order_by: a dotted path into the event's envelope, e.g. "payload.id".
+ORDER_BY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$")
+
+
+@validator
+def _order_by(value):
+    if not ORDER_BY.match(value):
+        return f'must be a dotted path into the event, like "payload.id", got {value!r}'
+
+
 @frozen(kw_only=True)
 class DeliverySettings:
     """Delivery settings: ``[defaults]`` sets them for every webhook, a webhook for itself."""
@@ -186,6 +222,8 @@ class DeliverySettings:
     retry: str = "exponential"
     # Seconds a webhook may fail without a success before it is disabled; None: never.
     disable_after: Duration | None = field(default=None, validator=_positive)
+    # Attempts a second at most (a token bucket); None: as fast as ``concurrency`` allows.
+    rate: Rate | None = None
 
 
 @frozen(kw_only=True)
@@ -198,6 +236,9 @@ class Webhook(DeliverySettings):
     name: str | None = None
     # false: deliveries are journaled and kept, never attempted (see relay webhooks disable).
     enabled: bool = True
+    # Deliveries whose events share this value go one after another, in the order relay
+    # accepted them (relay/delivery/ordering.py); None: no order.
+    order_by: str | None = field(default=None, validator=_order_by)
     # A list holds several secrets during a rotation; signers that can, sign with each.
     secret: str | tuple[str, ...] | None = field(default=None, repr=False)
     # Plugin option tables (``[webhooks.NAME]``), keyed by NAME: raw tables when read, then the
@@ -260,11 +301,23 @@ class RelaySettings:
 
 
 @frozen
+class JournalSettings:
+    """``[journal]`` (relay/config/journal.py): absent, SQLite in state_dir."""
+
+    # postgresql://...: a database that relays share. May hold a password: never printed.
+    url: str | None = field(default=None, repr=False)
+    # Seconds a relay holds what it claimed without renewing (it renews every third of it);
+    # a relay that dies has its deliveries attempted by the others once it expires.
+    lease: float = field(default=30.0, validator=_positive)
+
+
+@frozen
 class Config:
     path: Path
     relay: RelaySettings
     defaults: DeliverySettings
     webhooks: tuple[Webhook, ...]
+    journal: JournalSettings = JournalSettings()
 
     def webhook(self, webhook_id: str) -> Webhook | None:
         return self._by_id.get(webhook_id)

@@ -15,11 +15,11 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-import sys
 from collections.abc import Iterable
 
 import trio
 
+from relay import children
 from relay.clock import Clock
 from relay.config import Config, ConfigError
 from relay.delivery.stats import DeliveryStats
@@ -58,6 +58,8 @@ class RemoteDispatcher:
         # Deliveries this side put to sleep, in a write that failed and was written later,
         # may be due by then: the process's scheduler must look again.
         journal.on_late_writes(self._wake)
+        # Another relay sharing the journal (PostgreSQL) changed a webhook's state.
+        journal.on_states_changed(lambda: self._command(("states",)))
 
     async def run(self, previous_run: int, *, task_status) -> None:
         """Start the process; return when it has drained after ``stop_intake``. The process
@@ -65,14 +67,12 @@ class RemoteDispatcher:
         answers_read, answers_write = os.pipe()
         try:
             process = await trio.lowlevel.open_process(
-                [
-                    sys.executable,
-                    "-m",
-                    "relay.delivery.process",
+                children.command(
+                    children.DELIVERY,
                     str(self.config.path.absolute()),
                     str(previous_run),
                     str(answers_read),
-                ],
+                ),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 pass_fds=(answers_read,),

@@ -10,13 +10,14 @@ most that many (a couple of attempts of each worker), where without this it woul
 every replayed delivery that fit in the queue (``[relay] queue``, 1024), or behind all of them
 once its lane overflowed into the journal. Deliveries due for a retry go before replays too.
 
-Measured with scripts/bench_replay (5,000 failed deliveries replayed while fresh events came at
-100/s, a receiver taking 2 ms an answer, a loaded machine whose fdatasync took 1.5 ms): fresh
-events' p50 went from ~5.5 ms without a replay to 9-11 ms during it (p99 17-20 to 34-37 ms),
-and the replay ran at 1,100-1,200/s. Claiming with all of the lane's room instead: p50 310-380
-ms, p99 ~550 ms, 1,650-1,950/s. ``DEPTH = 4``: p50 17-21 ms, 1,300-1,700/s. A claim is a
-journal commit (an fsync), so the replay's pace is about ``DEPTH * concurrency / 2`` deliveries
-per commit's round trip, when the receiver is faster than that.
+Measured with scripts/bench_replay (10,000 failed deliveries replayed while fresh events came at
+100/s, a receiver taking 2 ms an answer, a 2-core machine at a load near 4.5 whose fdatasync took
+~1.5 ms): fresh events' p50 went from 7-10 ms without a replay to 15-16 ms during it (p99 23-32
+to ~50 ms), and the replay ran at 630-680/s. Claiming with all of the lane's room instead: p50
+430-540 ms, p99 650-790 ms, 1,225-1,410/s. (5,000 of them at a lighter load: ``DEPTH = 2`` p50
+9-11 ms at 1,100-1,200/s; ``DEPTH = 4`` p50 17-21 ms at 1,300-1,700/s.) A claim is a journal
+commit (an fsync), so the replay's pace is about ``DEPTH * concurrency / 2`` deliveries per
+commit's round trip, when the receiver is faster than that.
 
 Which lanes may have replays waiting is kept here (``announce``), so that a pass asks the
 journal only for those: all of them at start and whenever the states are read (a reload: a
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING
 from relay.journal import Journal
 
 if TYPE_CHECKING:
-    from relay.delivery.dispatch import Lane
+    from relay.delivery.lanes import Lane
 
 
 # Replays a lane's queue may hold, in attempts per worker: a fresh delivery waits behind at

@@ -17,7 +17,7 @@ from relay.http.server import HTTPRequest, Reply
 from relay.ingest import events, reports
 from relay.ingest.stats import IngestStats, rejection
 from relay.journal import Journal, JournalError
-from relay.model import Delivery, Event
+from relay.model import Delivery, Event, order_key
 
 log = logging.getLogger(__name__)
 
@@ -90,17 +90,22 @@ class Api:
         deliveries: list[Delivery] = []
         bindings: list[tuple[str, str, float]] = []  # events that name their webhook bind
         unrouted: list[Event] = []  # so far: a delivery report may still take them
-        new_id, route = events.new_id, router.route
-        for name, webhook_id, body, message_id in incoming:
+        new_id, route, order_by = events.new_id, router.route, router.order_by
+        for name, webhook_id, body, message_id, data in incoming:
             event = Event(new_id(), name, body, now)
             accepted.append(event)
             if webhook_id is None:
                 if not (matches := route(name)):
                     unrouted.append(event)
                 for pattern_match in matches:
-                    deliveries.append(Delivery(new_id(), pattern_match, event))
+                    if order_by and pattern_match in order_by:
+                        key = order_key(data, order_by[pattern_match])
+                        deliveries.append(Delivery(new_id(), pattern_match, event, 0, 0, key))
+                    else:
+                        deliveries.append(Delivery(new_id(), pattern_match, event))
             else:
-                deliveries.append(Delivery(new_id(), webhook_id, event))
+                key = order_key(data, order_by[webhook_id]) if webhook_id in order_by else None
+                deliveries.append(Delivery(new_id(), webhook_id, event, 0, 0, key))
                 if message_id is not None:
                     bindings.append((message_id, webhook_id, now + config.relay.reports_ttl))
 
@@ -115,13 +120,18 @@ class Api:
             ]
 
         try:
-            added = await relay.journal.append(
-                accepted, deliveries, now, bindings=bindings, reports=maybe_reports
+            appended = await relay.journal.append(
+                accepted,
+                deliveries,
+                now,
+                bindings=bindings,
+                reports=maybe_reports,
+                order_by=order_by,
             )
         except JournalError as e:
             self.stats.refused("journal_unavailable")
             return 503, {"error": f"journal unavailable, nothing was accepted: {e}"}
-        if added:  # in the events' order, as a lane takes them
+        if added := appended.added:  # in the events' order, as a lane takes them
             order = {event.id: i for i, event in enumerate(accepted)}
             deliveries = sorted(deliveries + added, key=lambda d: order[d.event.id])
             reported = {d.event.id for d in added}
@@ -130,6 +140,8 @@ class Api:
         if unrouted and log.isEnabledFor(logging.DEBUG):
             for event in unrouted:
                 log.debug("event %s (%s): accepted, but no webhook takes it", event.id, event.name)
+        if waiting := appended.waiting:  # journaled, due once an earlier one of their key ends
+            deliveries = [d for d in deliveries if d.id not in waiting]
         await relay.dispatcher.submit(deliveries)
         return 202, ids_json([e.id for e in accepted])
 

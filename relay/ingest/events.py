@@ -42,6 +42,7 @@ class Incoming(NamedTuple):
     webhook_id: str | None
     body: bytes
     message_id: str | None  # payload.id, when it can name a message (see message_id)
+    data: dict  # the event as parsed: order_by's keys come from it
 
 
 def parse(body: bytes, config: Config) -> list[Incoming]:
@@ -68,7 +69,7 @@ def parse(body: bytes, config: Config) -> list[Incoming]:
                 and (webhook_id is None or _known(webhook_id, config))
             ):
                 mid = message_id(payload.get("id"))
-                incoming.append(Incoming(name, webhook_id, text.encode(), mid))
+                incoming.append(Incoming(name, webhook_id, text.encode(), mid, item))
                 continue
         problems.extend(_problems(item, f"[{i}]" if is_array else "", config))
     if problems:
@@ -268,6 +269,8 @@ class Router:
             for w in webhooks
         ]
         self._cache: dict[str, tuple[str, ...]] = {}
+        # The webhooks that order their deliveries by a key, and its path (order_by).
+        self.order_by = {w.id: w.order_by for w in webhooks if w.order_by is not None}
 
     def route(self, name: str, webhook_id: str | None = None) -> tuple[str, ...]:
         if webhook_id is not None:

@@ -9,6 +9,10 @@ attempt budget, and their queue apart from what is due), ``views`` read-only lis
 commands (and the admin listener's pending counts), and ``history`` a delivery's attempts and
 replays, read-only. The journal knows no HTTP and no plugins.
 
+``engines`` is the interface each engine has: ``sqlite`` (a file in state_dir, one relay) and
+``postgresql`` (with ``pg_batch``, ``pg_schema``, ``pg_views``: one database that relays share;
+``leases`` and ``pg_notify`` keep their leases and hear each other).
+
 ``integrity`` says whether a journal is the one its state_dir had and readable (checked at
 start), ``health`` what its writes have come to (failed ones are kept and written again), and
 ``repair`` checks and salvages a journal for ``relay journal``.

@@ -19,7 +19,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from attrs import frozen
+
 from relay.model import Delivery, Event
+
+
+@frozen
+class Appended:
+    """What an append did besides journaling what it was given."""
+
+    added: list[Delivery]  # the deliveries that delivery reports added
+    waiting: frozenset[str]  # deliveries that wait for an earlier one of their key (order_by)
+
+
+NOTHING_ADDED = Appended([], frozenset())
 
 
 class Reporting:
@@ -49,12 +62,13 @@ class Reporting:
         *,
         bindings: Sequence[tuple[str, str, float]] = (),
         reports: Callable[[], list[tuple[int, str, tuple[str, ...]]]] | None = None,
-    ) -> list[Delivery]:
+        ordered: tuple[list[tuple], dict[str, str]] | None = None,
+    ) -> Appended:
         """``Journal.append`` with ``bindings`` made by its events (``(message_id, webhook_id,
         expires_at)``), and ``reports()``, called only while a binding may be live:
         ``(index in events, message_id, webhook ids the event goes to already)`` for each
         event that may be a report. An event whose message is bound to another webhook gets a
-        delivery there, in the same transaction; returns those."""
+        delivery there, in the same transaction. ``ordered``: see sqlite.append_ordered."""
         if bindings:
             self._bound = True
         elif reports is not None and self._bound is None:
@@ -62,8 +76,15 @@ class Reporting:
             if self._bound is None:  # a binding queued meanwhile made it True: that stays
                 self._bound = found
         rows = reports() if reports is not None and self._bound else []
-        if not (bindings or rows):
+        if ordered is not None:
+            args = (event_rows, delivery_rows, list(bindings), rows, now, ordered)
+            added, waiting = await self._call("append_ordered", *args)
+        elif bindings or rows:
+            added = await self._call("append", event_rows, delivery_rows, list(bindings), rows, now)
+            waiting = ()
+        else:
             await self._call("append", event_rows, delivery_rows)
-            return []
-        added = await self._call("append", event_rows, delivery_rows, list(bindings), rows, now)
-        return [Delivery(id=d, webhook_id=w, event=events[i]) for i, d, w in added]
+            return NOTHING_ADDED
+        return Appended(
+            [Delivery(id=d, webhook_id=w, event=events[i]) for i, d, w in added], frozenset(waiting)
+        )

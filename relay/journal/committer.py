@@ -7,9 +7,9 @@ commit reach ~170,000/s. So one task, the committer, sends whatever accumulated 
 previous commit ran as the next batch (group commit): durability costs one fsync per batch, not
 per event, whatever the disk's fsync latency.
 
-The SQL runs in a writer process (relay/journal/writer.py says why not a thread), or, with
-``[relay] journal = "inline"``, on the trio thread itself (no process; the loop blocks for each
-commit's fsync).
+The SQL (the engine's: relay/journal/engines.py; on PostgreSQL, a commit is as durable)
+runs in a writer process (writer.py says why not a thread), or, with ``[relay] journal =
+"inline"``, on the trio thread (no process; the loop blocks for each commit).
 
 A pending delivery is in one of two places:
 
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -37,9 +37,10 @@ import trio
 
 from relay.journal import lock
 from relay.journal import sqlite as journal_sql
-from relay.journal.bindings import Reporting
+from relay.journal.bindings import NOTHING_ADDED, Appended, Reporting
 from relay.journal.health import Health
 from relay.journal.health import Op as _Op
+from relay.journal.leases import LEASE, sharing
 from relay.journal.replays import Replaying, deliveries_of
 from relay.journal.states import States
 from relay.journal.writers import InlineWriter, JournalError, ProcessWriter
@@ -91,18 +92,20 @@ class Journal(Reporting, States, Replaying):
         return self._health.failing
 
     def on_late_writes(self, callback: Callable[[], None]) -> None:
-        """Call ``callback()`` when writes that had failed are written at last: deliveries they
-        put to sleep may be due, and whoever schedules them must look again."""
+        """Call ``callback()`` when writes that had failed are written at last, or (a shared
+        journal) another relay made deliveries due: whoever schedules them must look again."""
         self._health.listeners.append(callback)
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, state_dir: Path, *, mode: str = "process"):
-        """The journal in ``state_dir``, held by this process alone while it is open. Raises
-        JournalUnusable when it cannot be opened (damaged, say), naming the file."""
+    async def open(cls, state_dir: Path, *, mode="process", url: str | None = None, lease=LEASE):
+        """The journal in ``state_dir`` (or at ``url``, shared: leases.py), the state_dir held
+        by this process alone while open. Raises JournalUnusable when it cannot be opened
+        (damaged, say), naming the file."""
         start = ProcessWriter.start if mode == "process" else InlineWriter.start
         with lock.hold(state_dir):  # raises lock.StateDirLocked
-            async with cls.running(await start(state_dir)) as journal:
+            writer = await start(state_dir, url=url, lease=lease)
+            async with cls.running(writer) as journal, sharing(journal, writer, url, lease):
                 yield journal
 
     @classmethod
@@ -128,17 +131,41 @@ class Journal(Reporting, States, Replaying):
     # -- writes the caller waits for (durable on return) --------------------------------
 
     async def append(
-        self, events: Sequence[Event], deliveries: Iterable[Delivery], now: float, **reporting
-    ) -> list[Delivery]:
+        self,
+        events: Sequence[Event],
+        deliveries: Iterable[Delivery],
+        now: float,
+        *,
+        order_by: Mapping[str, str] | None = None,
+        **reporting,
+    ) -> Appended:
         """Journal new events and their deliveries; returns once they are on disk. With them,
-        ``bindings`` and ``reports`` (relay/journal/bindings.py); returns the deliveries that
-        reports add."""
+        ``bindings`` and ``reports`` (relay/journal/bindings.py), and ``order_by``: the
+        webhooks that order their deliveries by key (``{webhook_id: path}``; a delivery's key
+        is its ``order_key``). Says which deliveries reports added, and which wait for an
+        earlier one of their key."""
         event_rows = [(e.id, e.name, e.body, e.received_at) for e in events]
-        delivery_rows = [(d.id, d.event.id, d.webhook_id, now, now) for d in deliveries]
-        if reporting:
-            return await self._append_reporting(event_rows, delivery_rows, events, now, **reporting)
+        if order_by:
+            delivery_rows = [
+                (d.id, d.event.id, d.webhook_id, now, now)
+                for d in deliveries
+                if d.order_key is None
+            ]
+            ordered_rows = [
+                (d.id, d.event.id, d.webhook_id, now, now, d.order_key)
+                for d in deliveries
+                if d.order_key is not None
+            ]
+            ordered = (ordered_rows, dict(order_by))
+        else:
+            delivery_rows = [(d.id, d.event.id, d.webhook_id, now, now) for d in deliveries]
+            ordered = None
+        if reporting or ordered:
+            return await self._append_reporting(
+                event_rows, delivery_rows, events, now, ordered=ordered, **reporting
+            )
         await self._call("append", event_rows, delivery_rows)
-        return []
+        return NOTHING_ADDED
 
     # -- writes queued in order, not waited for ------------------------------------------
     # Losing one of these in a crash only repeats an attempt: the row is still pending. One
@@ -153,12 +180,14 @@ class Journal(Reporting, States, Replaying):
         next_at: float | None,
         request: bytes | None = None,
         response: bytes | None = None,
+        ordered: bool = False,
     ) -> None:
         """Record attempt ``delivery.attempts`` and what follows it.
 
         ``next_at`` set: the delivery sleeps until then. Otherwise it is finished: delivered
-        when the outcome is ok, failed when not. ``request`` and ``response``: what was sent
-        and answered, as relay/delivery/capture.py records them.
+        when the outcome is ok, failed when not; and when ``ordered`` (its webhook orders by
+        key), the next delivery of its key becomes due, in the same transaction. ``request``
+        and ``response``: what was sent and answered, as relay/delivery/capture.py records them.
         """
         state = "pending" if next_at is not None else ("delivered" if outcome.ok else "failed")
         attempt = (
@@ -179,7 +208,11 @@ class Journal(Reporting, States, Replaying):
             outcome.describe(),
             delivery.id,
         )
-        await self._submit("record_attempts", [attempt], [update])
+        # Known by the webhook, not by ``delivery.order_key``: a delivery claimed from the
+        # journal, or added by a report, does not carry its key in memory.
+        finished = ordered and next_at is None
+        release = [(started_at + outcome.duration, delivery.id)] if finished else []
+        await self._submit("record_attempts", [attempt], [update], release)
 
     async def put_to_sleep(self, delivery_ids: Iterable[str], until: float) -> None:
         """Hand deliveries that memory has no room for back to the journal, due at ``until``."""
@@ -212,6 +245,11 @@ class Journal(Reporting, States, Replaying):
     async def claim_due(self, webhook_id: str, now: float, limit: int) -> list[Delivery]:
         """Take up to ``limit`` deliveries to ``webhook_id`` due by ``now`` into memory."""
         return deliveries_of(webhook_id, await self._call("claim_due", webhook_id, now, limit))
+
+    async def release_waiting(self, webhook_ids: Iterable[str], now: float) -> int:
+        """Make the deliveries to ``webhook_ids`` that wait for their key due (those webhooks
+        no longer order by one); returns how many."""
+        return await self._call("release_waiting", list(webhook_ids), now)
 
     async def next_due(self, webhook_ids: Iterable[str]) -> float:
         """When the earliest sleeping delivery to any of ``webhook_ids`` is due (inf: none)."""

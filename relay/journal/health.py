@@ -40,7 +40,7 @@ RETRY_FIRST = 0.5  # seconds before a failed write is sent again
 RETRY_MAX = 10.0
 # Operations that write whenever they succeed; the others write only when they found something
 # (a claim of nothing succeeds on a full disk, and says nothing about it).
-WRITES = frozenset({"append", "record_attempts", "put_to_sleep", "bind", "probe"})
+WRITES = frozenset({"append", "append_ordered", "record_attempts", "put_to_sleep", "bind", "probe"})
 
 
 @define

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,24 +64,48 @@ def check_file(path: Path) -> None:
                 f"({made}): it was truncated, and nothing in it can be salvaged; restore it "
                 f"from a backup, or remove it and {marker} to start with an empty journal"
             )
-    if size and (problem := header_problem(path, size)):
+    if size and (problem := header_problem(path)):
         raise damaged(path, problem)
 
 
-def header_problem(path: Path, size: int) -> str | None:
+# Looks at a file that seems cut short: another connection's checkpoint may be writing it.
+LOOKS = 5
+LOOK_AGAIN = 0.05  # seconds
+
+
+def header_problem(path: Path) -> str | None:
     """What the first 100 bytes say is wrong with the file: not SQLite's, or shorter than the
     pages its header counts. Not the size while a WAL file has frames: a checkpoint cut short
-    by a crash may have written the new header first, and the WAL still holds the pages."""
+    by a crash may have written the new header first, and the WAL still holds the pages.
+
+    Another connection (``relay webhooks disable`` closing, say) may be checkpointing while
+    this looks: it writes the new header, then the pages that grow the file, then deletes the
+    WAL. So the WAL is looked at first, then the header, then the size, and a file that seems
+    cut short is looked at again for a moment: a checkpoint ends within it, a cut stays."""
+    for look in range(LOOKS):
+        if (problem := _header_problem(path)) is None or "cut short" not in problem:
+            return problem
+        if look < LOOKS - 1:
+            time.sleep(LOOK_AGAIN)
+    return problem
+
+
+def _header_problem(path: Path) -> str | None:
+    wal = path.with_name(path.name + "-wal")
+    try:
+        wal_has_frames = wal.stat().st_size > 0
+    except FileNotFoundError:
+        wal_has_frames = False
     with path.open("rb") as f:
         header = f.read(100)
+        size = os.fstat(f.fileno()).st_size
     if len(header) < 100 or not header.startswith(MAGIC):
         return "its first bytes are not an SQLite header"
     page_size = int.from_bytes(header[16:18], "big")
     page_size = 65536 if page_size == 1 else page_size
     if page_size < 512 or page_size & (page_size - 1):
         return f"its header names a page size of {page_size} bytes"
-    wal = path.with_name(path.name + "-wal")
-    if wal.exists() and wal.stat().st_size > 0:
+    if wal_has_frames:
         return None
     if size % page_size:
         return f"{size} bytes is not a whole number of {page_size}-byte pages: it was cut short"

@@ -18,6 +18,7 @@ the replay (``due_at``): they are due since then, as soon as their lane has room
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -53,7 +54,8 @@ def replay(conn, ids, now, by, held_ok=False, dry_run=False):
     found = {
         row[0]: row
         for row in conn.execute(
-            "SELECT d.id, d.webhook_id, d.state, d.attempts, d.next_at FROM json_each(?) j"
+            "SELECT d.id, d.webhook_id, d.state, d.attempts, d.next_at, d.order_key"
+            " FROM json_each(?) j"
             " JOIN deliveries d ON d.id = j.value",
             (json.dumps(ids),),
         )
@@ -64,7 +66,7 @@ def replay(conn, ids, now, by, held_ok=False, dry_run=False):
         if row is None:
             skipped.append((delivery_id, UNKNOWN))
             continue
-        _, webhook_id, state, attempts, next_at = row
+        _, webhook_id, state, attempts, next_at, _ = row
         if state == "pending" and next_at is None and not held_ok:
             skipped.append((delivery_id, IN_FLIGHT))
         elif state == "pending" and is_waiting(next_at):
@@ -75,12 +77,30 @@ def replay(conn, ids, now, by, held_ok=False, dry_run=False):
         conn.executemany(
             "UPDATE deliveries SET state = 'pending', attempt_base = attempts, next_at = ?,"
             " updated_at = ? WHERE id = ?",
-            [(BAND + now, now, r[0]) for r in replayed],
+            [(_next_at(conn, found[r[0]], now), now, r[0]) for r in replayed],
         )
         conn.executemany(
             "INSERT INTO replays VALUES (?, ?, ?, ?)", [(r[0], now, by, r[3]) for r in replayed]
         )
     return replayed, skipped
+
+
+def _next_at(conn, row, now) -> float:
+    """A replay waits in the replays' band, or, when its webhook orders by key (order_by) and
+    another delivery of its key is pending, for its key (``math.inf``, as sqlite.py's
+    ``WAITING``): the one of a key that ends releases the oldest pending, so a replay goes in
+    acceptance order among them and never beside one in flight."""
+    delivery_id, webhook_id, _, _, _, key = row
+    if (
+        key is not None
+        and conn.execute(
+            "SELECT 1 FROM deliveries WHERE webhook_id = ? AND order_key = ? AND state = 'pending'"
+            " AND id <> ? LIMIT 1",
+            (webhook_id, key, delivery_id),
+        ).fetchone()
+    ):
+        return math.inf
+    return BAND + now
 
 
 def claim_replays(conn, webhook_id, now, limit):

@@ -182,8 +182,11 @@ class JournalConnection(sqlite3.Connection):
         self.claim += " WHERE id = ?"
 
 
-def connect(state_dir: Path, *, start_run: bool = True) -> JournalConnection:
-    """Open (creating if needed) the journal in ``state_dir``, and start a run in it.
+def connect(
+    state_dir: Path, url: None = None, *, lease: float = 0.0, start_run: bool = True
+) -> JournalConnection:
+    """Open (creating if needed) the journal in ``state_dir``, and start a run in it. (``url``
+    and ``lease`` are PostgreSQL's: relay/journal/engines.py; one relay holds this journal.)
 
     Refuses (JournalDamaged, naming the file and what to do) a journal that is not the one
     this state_dir had, or that SQLite cannot read back: see relay/journal/integrity.py.

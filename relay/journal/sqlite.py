@@ -23,6 +23,9 @@ from relay.journal.schema import (  # noqa: F401 - what the journal's users know
     connect,
     schema_problems,
 )
+from relay.model import order_key
+
+LEASES = False  # one relay per journal file (relay/journal/lock.py): nothing to lease
 
 # -- operations: op(conn, *args) -> result -------------------------------------------------
 
@@ -59,6 +62,90 @@ def append(conn, event_rows, delivery_rows, binding_rows=(), report_rows=(), now
             rows.append((event_id, event_id, webhook_id, now, now))
     conn.executemany(conn.insert_delivery, rows)
     return added
+
+
+# next_at of a delivery that waits for an earlier pending one of its key (order_by): never due
+# by time; the earlier one's final outcome makes it due (``record_attempts``' releases).
+WAITING = math.inf
+
+
+def append_ordered(conn, event_rows, delivery_rows, binding_rows, report_rows, now, ordered):
+    """``append``, with deliveries ordered by key (``order_by``, relay/delivery/ordering.py).
+
+    ``ordered`` holds ``(id, event_id, webhook_id, created_at, updated_at, order_key)`` rows
+    and ``{webhook_id: order_by}`` for the deliveries reports add (``(rows, paths)``). A
+    delivery whose key has an earlier one pending waits (next_at ``WAITING``) until that one
+    finishes: decided here, in the writer, where every append and outcome is in one order, so
+    that no two of a key are ever in flight, across restarts and reloads alike.
+
+    Returns ``(append's result, the ids of the deliveries that wait)``.
+    """
+    rows, paths = ordered
+    added = append(conn, event_rows, delivery_rows, binding_rows, report_rows, now)
+    waiting = [row[0] for row in rows if _append_in_order(conn, row)]
+    for index, delivery_id, webhook_id in added:
+        path = paths.get(webhook_id)
+        key = path and order_key(json.loads(event_rows[index][2]), path)
+        if key is not None and _order(conn, delivery_id, webhook_id, key):
+            waiting.append(delivery_id)
+    return added, waiting
+
+
+def _key_is_busy(conn, webhook_id, key, besides=None) -> bool:
+    """Whether a delivery of ``key`` to ``webhook_id`` (other than ``besides``) is pending:
+    one indexed lookup (deliveries_ordered)."""
+    return conn.execute(KEY_IS_BUSY, (webhook_id, key, besides)).fetchone() is not None
+
+
+KEY_IS_BUSY = (
+    "SELECT 1 FROM deliveries WHERE webhook_id = ? AND order_key = ?"
+    " AND state = 'pending' AND id IS NOT ? LIMIT 1"
+)
+# The oldest pending of a finished delivery's key, if it waits (a replayed one may be pending
+# already): ``(now, finished delivery's id, WAITING)``.
+RELEASE_NEXT = (
+    "UPDATE deliveries SET next_at = ?1 WHERE next_at = ?3 AND rowid = ("
+    " SELECT n.rowid FROM deliveries d JOIN deliveries n INDEXED BY deliveries_ordered"
+    " ON n.webhook_id = d.webhook_id AND n.order_key = d.order_key"
+    " AND n.state = 'pending' WHERE d.id = ?2 ORDER BY n.rowid LIMIT 1)"
+)
+# Else the planner walks every pending delivery (deliveries_pending).
+RELEASE_WAITING = (
+    "UPDATE deliveries INDEXED BY deliveries_asleep SET next_at = ?"
+    " WHERE webhook_id = ? AND next_at = ? AND state = 'pending'"
+)
+
+
+def _append_in_order(conn, row) -> bool:
+    """Insert an ordered delivery; whether it waits for an earlier one of its key."""
+    delivery_id, event_id, webhook_id, created_at, updated_at, key = row
+    busy = _key_is_busy(conn, webhook_id, key)
+    conn.execute(
+        "INSERT INTO deliveries (id, event_id, webhook_id, created_at, updated_at, order_key,"
+        " next_at, held_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (*row, WAITING if busy else None, None if busy else conn.run_id),
+    )
+    return busy
+
+
+def _order(conn, delivery_id, webhook_id, key) -> bool:
+    """Give a delivery appended unordered (a delivery report's) its key; whether it waits."""
+    busy = _key_is_busy(conn, webhook_id, key, besides=delivery_id)
+    conn.execute(
+        "UPDATE deliveries SET order_key = ?, next_at = ? WHERE id = ?",
+        (key, WAITING if busy else None, delivery_id),
+    )
+    return busy
+
+
+def release_waiting(conn, webhook_ids, now):
+    """Make every delivery to ``webhook_ids`` that waits for its key due at ``now``: for
+    webhooks that no longer have ``order_by`` (at start, and on reload). Through the index on
+    ``(webhook_id, next_at)``: those that wait are at its end."""
+    return sum(
+        conn.execute(RELEASE_WAITING, (now, webhook_id, WAITING)).rowcount
+        for webhook_id in webhook_ids
+    )
 
 
 def _bound(conn, message_ids: list[str], now: float) -> dict[str, str]:
@@ -104,10 +191,14 @@ def expire_bindings(conn, now, limit):
     ).rowcount
 
 
-def record_attempts(conn, attempt_rows, delivery_rows):
+def record_attempts(conn, attempt_rows, delivery_rows, release_rows=()):
     """Attempts ``(delivery_id, number, started_at, duration, status, error, request,
     response)`` (the last two: relay/delivery/capture.py's records, or None) and what follows
-    each: ``(state, attempts, next_at, updated_at, last_outcome, delivery_id)``."""
+    each: ``(state, attempts, next_at, updated_at, last_outcome, delivery_id)``.
+
+    ``release_rows``, ``(now, delivery_id)``: ordered deliveries that finished; the next of
+    each one's key becomes due at ``now``, in this same transaction, so that no crash can leave
+    a key with nothing in flight and the rest waiting."""
     conn.executemany(
         "INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?)", attempt_rows
     )
@@ -116,6 +207,8 @@ def record_attempts(conn, attempt_rows, delivery_rows):
         " last_outcome = ? WHERE id = ?",
         delivery_rows,
     )
+    if release_rows:
+        conn.executemany(RELEASE_NEXT, [(now, d, WAITING) for now, d in release_rows])
 
 
 def put_to_sleep(conn, rows):
@@ -266,6 +359,8 @@ OPERATIONS = {
     for op in (
         *replays.OPERATIONS,
         append,
+        append_ordered,
+        release_waiting,
         record_attempts,
         put_to_sleep,
         last_rowid,

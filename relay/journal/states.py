@@ -10,6 +10,7 @@ directory is for relays, not for one row) and asks the relay to reload.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 from attrs import frozen
@@ -38,11 +39,33 @@ class States:
     async def webhook_states(self) -> dict[str, WebhookState]:
         return {row[0]: WebhookState(*row) for row in await self._call("webhook_states")}
 
+    _state_listeners: tuple[Callable[[], None], ...] = ()
+
+    def on_states_changed(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` when another relay sharing this journal changed a webhook's
+        state (PostgreSQL: relay/journal/pg_notify.py): the states are to be read again."""
+        self._state_listeners = (*self._state_listeners, callback)
+
+    def states_changed(self) -> None:
+        for listener in self._state_listeners:
+            listener()
+
 
 def write_state(
-    state_dir: Path, webhook_id: str, enabled: bool, reason: str | None, changed_at: float
+    state_dir: Path,
+    webhook_id: str,
+    enabled: bool,
+    reason: str | None,
+    changed_at: float,
+    *,
+    url: str | None = None,
 ) -> None:
-    """Write one webhook's state straight into the journal file, running relay or not."""
+    """Write one webhook's state straight into the journal file (or database, at ``url``),
+    running relay or not."""
+    if url is not None:
+        from relay.journal import pg_views
+
+        return pg_views.write_state(url, webhook_id, enabled, reason, changed_at)
     conn = journal_sql.connect(state_dir)
     try:
         conn.execute("BEGIN IMMEDIATE")
@@ -52,8 +75,12 @@ def write_state(
         conn.close()
 
 
-def read_states(state_dir: Path) -> dict[str, WebhookState]:
-    """The states in the journal file, read-only; empty when there is no journal yet."""
+def read_states(state_dir: Path, *, url: str | None = None) -> dict[str, WebhookState]:
+    """The states in the journal, read-only; empty when there is no journal yet."""
+    if url is not None:
+        from relay.journal import pg_views
+
+        return {row[0]: WebhookState(*row) for row in pg_views.read_states(url)}
     path = state_dir / journal_sql.FILENAME
     if not path.exists():
         return {}
@@ -67,8 +94,12 @@ def read_states(state_dir: Path) -> dict[str, WebhookState]:
     return {w: WebhookState(w, bool(e), r, c) for w, e, r, c in rows}
 
 
-def pending_count(state_dir: Path, webhook_id: str) -> int:
+def pending_count(state_dir: Path, webhook_id: str, *, url: str | None = None) -> int:
     """How many deliveries to ``webhook_id`` are pending (through deliveries_pending)."""
+    if url is not None:
+        from relay.journal import pg_views
+
+        return pg_views.pending_count(url, webhook_id)
     path = state_dir / journal_sql.FILENAME
     if not path.exists():
         return 0

@@ -34,8 +34,12 @@ class DeliveryRow:
     rowid: int = 0  # its place in the journal: the cursor of a page (``before``)
 
 
-def list_deliveries(state_dir: Path, **filters) -> list[DeliveryRow]:
-    """See ``deliveries``."""
+def list_deliveries(state_dir: Path, *, url: str | None = None, **filters) -> list[DeliveryRow]:
+    """See ``deliveries`` (``url``: a PostgreSQL journal, relay/journal/pg_views.py)."""
+    if url is not None:
+        from relay.journal import pg_views
+
+        return [DeliveryRow(*row) for row in pg_views.deliveries(url, **filters)]
     return [DeliveryRow(*row) for row in deliveries(state_dir, **filters)]
 
 
@@ -72,7 +76,9 @@ def rowid_range(state_dir: Path) -> tuple[int, int]:
         conn.close()
 
 
-async def count_pending(state_dir: Path, *, task_status=trio.TASK_STATUS_IGNORED) -> dict[str, int]:
+async def count_pending(
+    state_dir: Path, *, url: str | None = None, task_status=trio.TASK_STATUS_IGNORED
+) -> dict[str, int]:
     """Pending deliveries per webhook id, as the journal holds them when this is called.
 
     On a read-only connection of its own, in a thread: WAL lets it read beside the writer, so
@@ -80,6 +86,10 @@ async def count_pending(state_dir: Path, *, task_status=trio.TASK_STATUS_IGNORED
     pending from a cold disk, measured, when the writer took it first). ``task_status.started()``
     comes once its snapshot is taken: what is written after that is not in the count.
     """
+    if url is not None:
+        from relay.journal import pg_views
+
+        return await pg_views.count_pending(url, task_status=task_status)
     conn = sqlite3.connect(
         f"file:{state_dir / FILENAME}?mode=ro",
         uri=True,

@@ -1,4 +1,5 @@
-"""The journal's writer: a process of its own that owns the SQLite connection.
+"""The journal's writer: a process of its own that owns the database connection (SQLite's, or
+PostgreSQL's: relay/journal/engines.py).
 
 Why a process and not a thread: measured here, with the relay's trio loop busy delivering, a
 worker thread waits for the GIL at every SQLite call, and ``trio.to_thread.run_sync`` itself
@@ -7,9 +8,12 @@ interpreter: the relay sends it a batch over a pipe and gets the results back wh
 is committed and fsynced, whatever the relay's loop is doing meanwhile.
 
 Frames both ways are those of relay/journal/frames.py: a batch of ``(operation, args)`` pairs in,
-a list of ``(ok, result or error text)`` out (see relay/journal/sqlite.py). The first frame out
-says whether the journal opened. The writer ends when its input closes: after the
-relay exits, even by kill -9, it finishes the batch it has, commits it, and exits.
+a list of ``(ok, result or error text)`` out (see relay/journal/sqlite.py). On PostgreSQL
+(a second argument, ``postgresql``) the first frame in is ``(url, lease)``: the URL may hold a
+password, which arguments would show to every user (ps). The first frame out says whether the
+journal opened: ``(True, the connection's server process id or None)`` or ``(False, why)``.
+The writer ends when its input closes: after the relay exits, even by kill -9, it finishes the
+batch it has, commits it, and exits.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import signal
 import sys
 from pathlib import Path
 
-from relay.journal import sqlite as journal_sql
+from relay.journal.engines import engine
 from relay.journal.frames import HEADER, encode
 
 
@@ -34,17 +38,25 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     source, sink = sys.stdin.buffer, sys.stdout.buffer
+    url, lease = None, 0.0
+    if sys.argv[2:] == ["postgresql"]:
+        header = _read_exactly(source, HEADER.size)
+        if header is None:
+            return 1
+        url, lease = pickle.loads(_read_exactly(source, HEADER.unpack(header)[0]))
+    journal = engine(url)
     try:
-        conn = journal_sql.connect(Path(sys.argv[1]))
-    except journal_sql.OPEN_ERRORS as e:
+        conn = journal.connect(Path(sys.argv[1]), url, lease=lease)
+    except journal.OPEN_ERRORS as e:
         sink.write(encode((False, str(e))))
         sink.flush()
         return 1
-    sink.write(encode((True, None)))
+    sink.write(encode((True, getattr(conn, "backend_pid", None))))
     sink.flush()
+    run_batch = journal.run_batch
     while (header := _read_exactly(source, HEADER.size)) is not None:
         batch = pickle.loads(_read_exactly(source, HEADER.unpack(header)[0]))
-        sink.write(encode(journal_sql.run_batch(conn, batch)))
+        sink.write(encode(run_batch(conn, batch)))
         sink.flush()
     conn.close()
     return 0

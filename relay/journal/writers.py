@@ -2,19 +2,21 @@
 the default) and SQL inline on the trio thread; and the errors a journal raises.
 
 A writer is ``await writer.run(batch)`` (a list of ``(operation, args)``, answered with
-``(ok, result or error text)`` each: relay/journal/sqlite.py ``run_batch``) and ``aclose()``.
+``(ok, result or error text)`` each: the engine's ``run_batch``, relay/journal/engines.py) and
+``aclose()``; ``backend_pid`` is its PostgreSQL connection's server process (None on SQLite),
+whose own notifications the relay need not hear.
 """
 
 from __future__ import annotations
 
 import logging
 import subprocess
-import sys
 from pathlib import Path
 
 import trio
 
-from relay.journal import sqlite as journal_sql
+from relay import children
+from relay.journal.engines import engine
 from relay.journal.frames import FrameReader, encode
 
 log = logging.getLogger(__name__)
@@ -32,26 +34,34 @@ class JournalUnusable(JournalError):
 class ProcessWriter:
     """The writer process (relay/journal/writer.py), spoken to over its stdin and stdout."""
 
+    backend_pid: int | None = None
+
     def __init__(self, process: trio.Process):
         self.process = process
         self._answers = FrameReader(process.stdout)
 
     @classmethod
-    async def start(cls, state_dir: Path) -> ProcessWriter:
+    async def start(
+        cls, state_dir: Path, *, url: str | None = None, lease: float = 0.0
+    ) -> ProcessWriter:
+        # The URL goes over the pipe, not in the arguments, which every user can read (ps).
         process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "relay.journal.writer", str(state_dir)],
+            children.command(children.WRITER, str(state_dir), *(["postgresql"] if url else [])),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
         writer = cls(process)
         try:
-            ok, error = await writer._receive()
+            if url:
+                await process.stdin.send_all(encode((url, lease)))
+            ok, answer = await writer._receive()
         except BaseException:
             await writer.aclose()
             raise
         if not ok:
             await writer.aclose()
-            raise JournalUnusable(error)
+            raise JournalUnusable(answer)
+        writer.backend_pid = answer
         return writer
 
     async def run(self, batch: list[tuple[str, tuple]]) -> list[tuple[bool, object]]:
@@ -85,19 +95,24 @@ class InlineWriter:
     the mock clock would jump past deadlines mid-commit.
     """
 
-    def __init__(self, conn):
+    def __init__(self, conn, url: str | None = None):
         self.conn = conn
+        self.engine = engine(url)
+        self.backend_pid = getattr(conn, "backend_pid", None)
 
     @classmethod
-    async def start(cls, state_dir: Path) -> InlineWriter:
+    async def start(
+        cls, state_dir: Path, *, url: str | None = None, lease: float = 0.0
+    ) -> InlineWriter:
+        journal = engine(url)
         try:
-            return cls(journal_sql.connect(state_dir))
-        except journal_sql.OPEN_ERRORS as e:
+            return cls(journal.connect(state_dir, url, lease=lease), url)
+        except journal.OPEN_ERRORS as e:
             raise JournalUnusable(str(e)) from e
 
     async def run(self, batch):
         await trio.lowlevel.checkpoint()
-        return journal_sql.run_batch(self.conn, batch)
+        return self.engine.run_batch(self.conn, batch)
 
     async def aclose(self) -> None:
         self.conn.close()

@@ -1,14 +1,24 @@
 """relay's benchmark: one command, loopback only, starts everything itself (issue 5).
 
     scripts/bench [--quick] [--json PATH] [--events N] [--receiver auto|nginx|python]
-                  [--systems naive,relay] [--phases ...] [--relay-setting LINE] [--scrape]
+                  [--systems naive,relay,celery] [--phases ...] [--relay-setting LINE] [--scrape]
+    scripts/bench --compare REV [--pairs N] [the same options]
 
-Three systems deliver the seed's status event to a local receiver:
+Four systems deliver the seed's status event to a local receiver:
 
 - direct: a minimal trio + h11 client with 64 keep-alive connections posts straight to the
   receiver (no relay, no journal): what a user gets by posting the webhooks themselves.
 - naive:  scripts/naive_relay.py, fsync per event and one shared httpx.AsyncClient.
 - relay:  ``relay run`` with a generated config and a real journal in a temporary directory.
+- celery: what a Python team deploys instead (issue 18): a Starlette endpoint on uvicorn that
+  enqueues each event into Redis (``appendfsync always``) and answers 202, and a Celery 5
+  worker (gevent pool of 64, ``acks_late``) that signs and posts it; redis-server from Debian's
+  package and the Python side in .bench-venv/, both installed by the bench (peer_setup.py).
+  Not in --quick's default; when it cannot be had, the run says why and goes on without it.
+
+``--compare REV`` runs the current tree and commit REV alternately, ABBA, ``--pairs`` pairs,
+and gives each figure's median ratio with a distribution-free interval and a verdict: "faster",
+"slower" or "no change beyond noise" (compare.py, stats.py).
 
 The receiver is nginx (``return 204``, from Debian's package) when installed, else a Python
 receiver in a subprocess; its own ceiling is measured (wrk when installed). Latency always uses the
@@ -30,10 +40,12 @@ process group that is killed when the bench exits (and gets SIGKILL if the bench
 Internal roles (``--role receiver``, ``sender``, ``direct``) run the subprocesses.
 
 The package, by role: cli.py (the options, ``main``), run.py (the order of a run), phases.py
-(each phase), systems.py (relay, naive, direct), load.py (the raw client, the sender),
-receivers.py, cpu.py (/proc: CPU, wake-ups, RSS, steal), report.py (the JSON, the tables),
-processes.py (process groups), events.py (what is sent), scrape.py (``--scrape``: the relay's
-/metrics every second during its phases). scripts/bench runs ``cli.main``.
+(each phase), systems.py (relay, naive, direct), peer.py and peer_setup.py (the Celery peer,
+and installing it; celery_peer/ is its code, run in .bench-venv), load.py (the raw client, the
+sender), receivers.py, cpu.py (/proc: CPU, wake-ups, RSS, steal), report.py (the JSON, the
+tables), processes.py (process groups), events.py (what is sent), scrape.py (``--scrape``: the
+relay's /metrics every second during its phases), compare.py (``--compare``: the runs, the
+checks, the table) and stats.py (its verdicts). scripts/bench runs ``cli.main``.
 """
 
 from pathlib import Path

@@ -15,13 +15,18 @@ from pathlib import Path
 
 import trio
 
+from . import ROOT
 from . import __doc__ as BENCH_DOC
+from .compare import compare_main
 from .load import sender_role
+from .peer_setup import PeerMissing, prepare_celery
+from .pgjournal import add_option as add_journal_option
+from .pgjournal import main as journal_main
 from .phases import PHASES
 from .processes import Processes
 from .receivers import receiver_role
 from .report import format_table
-from .run import Bench
+from .run import SYSTEMS, Bench
 from .systems import direct_role
 
 
@@ -35,7 +40,30 @@ def parse_args(argv=None):
     p.add_argument("--json", metavar="PATH", help="write the results here")
     p.add_argument("--events", type=int, default=10**9, help="at most this many events per phase")
     p.add_argument("--receiver", choices=("auto", "nginx", "python"), default="auto")
-    p.add_argument("--systems", default="naive,relay", help="comma-separated: naive,relay")
+    p.add_argument(
+        "--systems",
+        help=f"comma-separated, of {','.join(SYSTEMS)} (direct always runs: the reference);"
+        " default: naive,relay,celery, with --quick naive,relay, with --compare relay",
+    )
+    p.add_argument(
+        "--relay-tree",
+        type=Path,
+        default=ROOT,
+        metavar="DIR",
+        help="run the relay/ of this source tree (default: this checkout; --compare uses it)",
+    )
+    p.add_argument(
+        "--compare",
+        metavar="REV",
+        help="run the current tree and commit REV alternately (ABBA) and give each figure's"
+        " median ratio, its interval and a verdict (see --pairs)",
+    )
+    p.add_argument(
+        "--pairs",
+        type=int,
+        default=5,
+        help="--compare: pairs of runs (default 5; a verdict needs 3)",
+    )
     p.add_argument(
         "--py-spy",
         metavar="SVG",
@@ -64,6 +92,7 @@ def parse_args(argv=None):
         action="store_true",
         help="give the relay an admin listener and GET its /metrics every second during its phases",
     )
+    add_journal_option(p)  # --journal postgresql: relays sharing PostgreSQL (pgjournal.py)
     p.add_argument("--role", choices=("receiver", "direct", "sender"), help=argparse.SUPPRESS)
     p.add_argument("--count-file", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -73,10 +102,23 @@ def parse_args(argv=None):
     p.add_argument("--connections", type=int, help=argparse.SUPPRESS)
     p.add_argument("--body", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.systems is None:
+        args.systems = (
+            "relay" if args.compare else "naive,relay" if args.quick else ",".join(SYSTEMS)
+        )
     args.systems = set(args.systems.split(","))
+    if unknown := args.systems - set(SYSTEMS):
+        p.error(f"unknown systems: {', '.join(sorted(unknown))}")
     args.phases = set(args.phases.split(","))
     if unknown := args.phases - set(PHASES):
         p.error(f"unknown phases: {', '.join(sorted(unknown))}")
+    args.relay_tree = args.relay_tree.resolve()
+    if not (args.relay_tree / "relay" / "__init__.py").exists():
+        p.error(f"--relay-tree {args.relay_tree}: no relay/ package there")
+    if args.compare and args.pairs < 1:
+        p.error("--pairs: at least 1")
+    if args.compare and "relay" not in args.systems:
+        p.error("--compare measures the relay: --systems must include relay")
     quick = args.quick
     args.warmup = 0.3 if quick else 1.0  # seconds before the saturation window opens
     args.window = 1.0 if quick else 4.0  # saturation window
@@ -86,7 +128,10 @@ def parse_args(argv=None):
     args.paced_seconds = 1.0 if quick else 3.0
     args.ceiling_seconds = 1.0 if quick else 3.0
     args.drain_timeout = 10.0 if quick else 20.0
-    args.max_seconds = 25.0 if quick else 170.0
+    # The Celery peer, at ~500 events/s, needs its own time (start, drain, stop).
+    args.max_seconds = (25.0 if quick else 170.0) + ("celery" in args.systems) * (
+        20 if quick else 60
+    )
     args.rates = (1000.0, 3000.0)
     args.batch_connections = 4
     return args
@@ -132,6 +177,17 @@ def main(argv=None) -> int:
     if args.role == "direct":
         trio.run(direct_role, args)
         return 0
+    if args.journal == "postgresql":
+        return journal_main(args)
+    if args.compare:
+        return compare_main(args)
+    args.peer, args.peer_missing = None, None
+    if "celery" in args.systems:
+        try:
+            args.peer = prepare_celery(lambda line: print(f"bench: {line}", file=sys.stderr))
+        except PeerMissing as e:
+            args.peer_missing = str(e)
+            print(f"bench: the Celery peer cannot run: {e}", file=sys.stderr)
     tmp = Path(tempfile.mkdtemp(prefix="relay-bench-"))
     procs = Processes(tmp)
     try:

@@ -86,10 +86,9 @@ def system_peak_rss_mb(pid: int) -> float:
 
 
 BENCH_PARTS = ("load generator", "receiver")  # CpuSplit's parts that are the bench's own
-# The relay's processes by the module each runs (relay/journal/committer.py and
-# relay/delivery/remote.py start them with "-m"); its first process, which takes the events, is
-# "relay".
-PARTS = {b"relay.journal.writer": "writer", b"relay.delivery.process": "delivery"}
+# The relay's processes by the hidden subcommand each runs (relay/children.py); its first
+# process, which takes the events, is "relay".
+PARTS = {b"_journal-writer": "writer", b"_delivery": "delivery"}
 
 
 def part_of(pid: int, top: str) -> str:
@@ -113,7 +112,7 @@ class CpuSplit:
         parts: dict[str, tuple[float, int]] = {}
         for pid in family(self.system.pid):
             try:
-                part = part_of(pid, self.system.name)
+                part = self.system.part_of(pid)
                 cpu, waits = parts.get(part, (0.0, 0))
                 parts[part] = (cpu + cpu_seconds(pid), waits + waits_of(pid))
             except OSError:

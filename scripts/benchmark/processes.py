@@ -34,7 +34,9 @@ class Processes:
         self.tmp = tmp
         self.procs: list[subprocess.Popen] = []
 
-    def start(self, name: str, argv: list[str], **kwargs) -> tuple[subprocess.Popen, Path, Path]:
+    def start(
+        self, name: str, argv: list[str], cwd: Path = ROOT, **kwargs
+    ) -> tuple[subprocess.Popen, Path, Path]:
         out, err = self.tmp / f"{name}.out", self.tmp / f"{name}.err"
         with open(out, "wb") as stdout, open(err, "wb") as stderr:
             proc = subprocess.Popen(
@@ -44,7 +46,7 @@ class Processes:
                 stderr=stderr,
                 start_new_session=True,
                 preexec_fn=_die_with_parent,
-                cwd=ROOT,
+                cwd=cwd,
                 **kwargs,
             )
         self.procs.append(proc)

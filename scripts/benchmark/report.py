@@ -30,7 +30,7 @@ def build_report(bench: Bench, info: dict) -> dict:
         target="",
     ):
         values = {name: _get(r[name], key, field) for name in r}
-        reference = _get(r["direct"], *ref)
+        reference = _get(r["direct"], *ref)  # direct always runs
         ratios = {
             name: (v / reference if v is not None and reference else None)
             for name, v in values.items()
@@ -113,19 +113,31 @@ def build_report(bench: Bench, info: dict) -> dict:
                 sent += value["sent"]
                 delivered += min(value["delivered"], value["sent"])
                 all_delivered &= bool(value["all_delivered"])
-    relay_e2e = _get(r["relay"], "e2e_http", "events_per_s")
-    naive_e2e = _get(r["naive"], "e2e_http", "events_per_s")
     return {
         "info": info,
         "figures": rows,
         "systems": r,
-        "relay_x_naive": relay_e2e / naive_e2e if relay_e2e and naive_e2e else None,
+        "relay_x_naive": _ratio(r, "naive", "e2e_http", "events_per_s"),
+        "relay_x_celery": {
+            "e2e_http": _ratio(r, "celery", "e2e_http", "events_per_s"),
+            "ingest_single": _ratio(r, "celery", "ingest_single", "acks_per_s"),
+            # celery's CPU per event / relay's: relay spends 1/x of it
+            "cpu_per_event": _ratio(r, "celery", "e2e_http", "cpu_s_per_1000", inverse=True),
+        },
         "sent": sent,
         "delivered": delivered,
         "all_delivered": all_delivered,
         "notes": bench.notes,
         "elapsed_s": time.monotonic() - bench.started,
     }
+
+
+def _ratio(r: dict, other: str, *path, inverse: bool = False) -> float | None:
+    """relay's figure / ``other``'s (or the inverse), when both were measured."""
+    mine, theirs = _get(r.get("relay", {}), *path), _get(r.get(other, {}), *path)
+    if not mine or not theirs:
+        return None
+    return theirs / mine if inverse else mine / theirs
 
 
 def _get(figures: dict, *path):
@@ -152,11 +164,12 @@ def format_table(report: dict) -> str:
         f"{info['cpus']} CPUs{', --quick' if info['quick'] else ''}",
         "",
     ]
-    header = ("figure", "direct", "naive", "relay", "target")
+    names = [name for name in ("direct", "naive", "relay", "celery") if name in report["systems"]]
+    header = ("figure", *names, "target")
     table = [header]
     for row in report["figures"]:
         cells = [f"{row['figure']} ({row['unit']})"]
-        for name in ("direct", "naive", "relay"):
+        for name in names:
             value = row.get(name)
             if value is None:
                 cells.append("-")
@@ -174,10 +187,18 @@ def format_table(report: dict) -> str:
             cells.append(text)
         cells.append(row["target"])
         table.append(tuple(cells))
-    lines += aligned(table, left=(0, 4))
+    lines += aligned(table, left=(0, len(names) + 1))
     lines.append("")
     if report["relay_x_naive"]:
         lines.append(f"relay / naive end to end: {report['relay_x_naive']:.1f}x")
+    celery = report["relay_x_celery"]
+    if celery["e2e_http"]:
+        text = f"relay / celery: end to end {celery['e2e_http']:.1f}x"
+        if celery["ingest_single"]:
+            text += f", single-event acks {celery['ingest_single']:.1f}x"
+        if celery["cpu_per_event"]:
+            text += f", CPU per event 1/{celery['cpu_per_event']:.1f} of celery's"
+        lines.append(text + " (the same run)")
     lines.append(
         f"events sent {report['sent']:,}, delivered {report['delivered']:,}"
         f"{'' if report['all_delivered'] else '  (NOT ALL DELIVERED)'}; "
@@ -196,7 +217,7 @@ def format_table(report: dict) -> str:
 def format_cpu_split(report: dict) -> list[str]:
     """CPU µs per event, process by process, for each phase that measured it."""
     rows = []
-    for name in ("relay", "naive"):
+    for name in ("relay", "celery", "naive"):
         for phase, result in report["systems"].get(name, {}).items():
             if isinstance(result, dict) and "cpu_us_per_event" in result:
                 rows.append((f"{name} {phase}", result["cpu_us_per_event"]))

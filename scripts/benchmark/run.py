@@ -1,6 +1,7 @@
 """The order of a run: the receivers and their ceiling, the direct baseline first (and again
-last: the faster run is the reference), then the relay and the naive relay, each started, taken
-through its phases and stopped, and the steal time over the run; then the report."""
+last: the faster run is the reference), then the relay, the Celery peer and the naive relay,
+each started, taken through its phases and stopped, and the steal time over the run; then the
+report."""
 
 from __future__ import annotations
 
@@ -13,12 +14,15 @@ import sys
 import trio
 
 from .cpu import STEAL_WARNING, machine_ticks, system_peak_rss_mb
+from .peer import CeleryPeer
 from .phases import INGEST_PHASES, Phases
 from .processes import BENCH
 from .receivers import NginxReceiver, Receiver, measure_ceiling, wait_count
 from .report import build_report
 from .scrape import scraping
 from .systems import NaiveRelay, RealRelay, System
+
+SYSTEMS = ("relay", "celery", "naive")  # in the order they run; direct runs first and last
 
 
 class Bench(Phases):
@@ -27,7 +31,7 @@ class Bench(Phases):
     async def run(self) -> dict:
         a = self.args
         procs = self.procs
-        self.results: dict[str, dict] = {"direct": {}, "naive": {}, "relay": {}}
+        self.results: dict[str, dict] = {"direct": {}}
         lat = Receiver(procs, "receiver")
         await lat.start()
         nginx = shutil.which("nginx") or (
@@ -67,19 +71,35 @@ class Bench(Phases):
                 " the receiver may limit the figures (install nginx)"
             )
         for pace in a.rates:
+            if f"latency_{pace:g}" not in a.phases:
+                continue
             result = await self.paced(pace, lat.port, "/hook", lat)
             self.results["direct"][f"latency_{pace:g}"] = result
             self.log(f"direct paced {pace:g}/s: {_latency_text(result)}")
 
-        # The relay first: a slow naive run must not use up the time the relay needs (--quick).
-        for cls in (RealRelay, NaiveRelay):
-            if cls.name not in a.systems:
+        if "relay" in a.systems:
+            info["relay"] = RealRelay(a.relay_setting, tree=a.relay_tree).identify()
+        if "celery" in a.systems and a.peer_missing:
+            self.notes.append(f"celery: not run: {a.peer_missing}")
+        # The relay first: a slow peer must not use up the time the relay needs (--quick).
+        for name in SYSTEMS:
+            if name not in a.systems or (name == "celery" and a.peer is None):
                 continue
             if self.time_left() < 10:
-                self.notes.append(f"{cls.name}: skipped, out of time")
+                self.notes.append(f"{name}: skipped, out of time")
                 continue
-            system = RealRelay(a.relay_setting, scrape=a.scrape) if cls is RealRelay else cls()
-            await system.start(procs, sink_url, lat_url)
+            system = self.system(name)
+            try:
+                await system.start(procs, sink_url, lat_url)
+            except RuntimeError as e:
+                if name != "celery":
+                    raise
+                # The peer is someone else's software: one that does not start is a note.
+                self.notes.append(f"celery: did not start: {e}")
+                if getattr(system, "proc", None):
+                    procs.stop(system.proc)
+                continue
+            self.results[system.name] = {}
             try:
                 if getattr(system, "admin", None):
                     await self.measure_scraped(system, sink, lat)
@@ -108,6 +128,12 @@ class Bench(Phases):
                 " its figures are not comparable with an undisturbed run's"
             )
         return build_report(self, info)
+
+    def system(self, name: str) -> System:
+        a = self.args
+        if name == "relay":
+            return RealRelay(a.relay_setting, scrape=a.scrape, tree=a.relay_tree)
+        return CeleryPeer(a.peer) if name == "celery" else NaiveRelay()
 
     async def direct(self, sink, which: str) -> dict:
         """The direct baseline's saturation run, in its own process (its CPU and RSS alone)."""

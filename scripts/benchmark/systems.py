@@ -16,7 +16,7 @@ import h11
 import trio
 
 from . import ROOT
-from .cpu import cpu_seconds, peak_rss_mb
+from .cpu import cpu_seconds, part_of, peak_rss_mb
 from .events import compact, status_event
 from .processes import Processes, wait_for_line
 
@@ -36,9 +36,16 @@ class System:
     def pid(self) -> int:
         return self.proc.pid
 
+    def part_of(self, pid: int) -> str:
+        """The part ``pid`` (the system's process or one of its descendants) is counted in."""
+        return part_of(pid, self.name)
+
     async def _await_addresses(self, err: Path) -> None:
         # [^\s"]: the address ends at the quote of a JSON log line too (log = "json")
         found = await wait_for_line(err, r'taking events on ([^\s"]+)', self.proc, count=2)
+        self._addresses(found)
+
+    def _addresses(self, found: list[str]) -> None:
         for address in found:
             if address.startswith("/"):
                 self.uds = address
@@ -50,10 +57,35 @@ class System:
 class RealRelay(System):
     name = "relay"
 
-    def __init__(self, settings: list[str], *, scrape: bool = False):
+    def __init__(self, settings: list[str], *, scrape: bool = False, tree: Path = ROOT):
         self.settings = settings  # extra [relay] lines: --relay-setting
         self.scrape = scrape  # --scrape: an admin listener, for /metrics
+        self.tree = tree  # --relay-tree: whose relay/ runs (--compare's other commit)
         self.admin: str | None = None
+
+    def environment(self) -> dict:
+        """``python -m relay`` imports relay/ from ``tree``: the work directory comes first on
+        sys.path and PYTHONPATH before the venv's (editable) install of this checkout; the
+        relay's own processes inherit both."""
+        return {"cwd": self.tree, "env": {**os.environ, "PYTHONPATH": str(self.tree)}}
+
+    def identify(self) -> dict:
+        """Which code ``start`` runs: relay/'s path and ``relay --version`` (its git commit),
+        asked of the interpreter in the relay's environment (--compare checks them)."""
+        found = {}
+        for key, argv in (
+            ("relay_file", ["-c", "import relay; print(relay.__file__)"]),
+            ("relay_version", ["-m", "relay", "--version"]),
+        ):
+            done = subprocess.run(
+                [sys.executable, *argv],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                **self.environment(),
+            )
+            found[key] = done.stdout.strip() or f"failed: {done.stderr.strip()[-300:]}"
+        return found
 
     async def start(self, procs: Processes, sink_url: str, lat_url: str) -> None:
         home = procs.tmp / "relay"
@@ -87,9 +119,8 @@ url = "{lat_url}"
 events = ["bench:latency-only"]
 """
         )
-        self.proc, _, err = procs.start(
-            "relay", [sys.executable, "-m", "relay", "run", "--config", str(config)]
-        )
+        argv = [sys.executable, "-m", "relay", "run", "--config", str(config)]
+        self.proc, _, err = procs.start("relay", argv, **self.environment())
         await self._await_addresses(err)
         if self.scrape:
             (self.admin,) = await wait_for_line(err, r"admin listener on (\S+)", self.proc)

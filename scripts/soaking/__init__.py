@@ -6,7 +6,7 @@ Streams marked events through the real daemon (``relay run``, a subprocess) whil
 receiver flaps (answers 500, hangs past the attempt's timeout, refuses connections, at random
 intervals), and kill -9s it at random moments ``--kills`` times, in turn the whole process
 group at once and each of its three processes alone (the relay, the journal writer
-``relay.journal.writer``, the delivery process ``relay.delivery.process``), restarting it each
+``relay _journal-writer``, the delivery process ``relay _delivery``), restarting it each
 time. Before half the kills the writer stalls (SIGSTOP for up to 0.3 s, a slow fsync), so
 that a kill finds events the relay took but has not yet committed. Meanwhile it posts hostile
 input (malformed JSON, huge bodies, wrong content types, NaN, deep nesting, bytes that are not

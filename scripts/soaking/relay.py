@@ -20,7 +20,7 @@ import trio
 from soaking import ROOT
 
 VICTIMS = ("group", "relay", "writer", "delivery")
-MODULES = {"writer": "relay.journal.writer", "delivery": "relay.delivery.process"}
+MODULES = {"writer": "_journal-writer", "delivery": "_delivery"}  # relay/children.py
 
 
 def write_config(path: Path, *, port: int, state_dir: Path, receiver_url: str) -> None:

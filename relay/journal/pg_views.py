@@ -1,0 +1,191 @@
+"""Read-only views of a PostgreSQL journal, and the commands' few writes, each on a connection
+of its own (never the writer's): what views.py and states.py do on SQLite, for ``relay
+deliveries``, ``relay webhooks``, ``relay journal`` and the admin listener's pending counts.
+
+``relay deliveries`` answers every filter from an index or a bounded run of ``seq`` (as views.py
+does with rowids): newest first by ``seq``, ``--since``/``--until`` by a binary search on
+``created_at`` along it.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from relay.journal.engines import masked
+from relay.journal.pg_schema import (
+    SCHEMA_VERSION,
+    migrate,
+    raw_connect,
+    schema_problems,
+    version,
+)
+
+LISTING = (
+    "d.id, d.webhook_id, d.event_id, e.name, d.state, d.attempts, d.created_at,"
+    " a.started_at, d.next_at, a.status, a.error"
+)
+
+
+class NoJournal(FileNotFoundError):
+    """The database holds no journal yet (no relay has started on it)."""
+
+
+def _reader(url: str):
+    conn = raw_connect(url, autocommit=True)
+    if version(conn)[0] == 0:
+        conn.close()
+        raise NoJournal(f"{masked(url)}: no journal there yet (a relay creates it at start)")
+    return conn
+
+
+def deliveries(
+    url: str,
+    *,
+    state: str = "pending",
+    webhook_id: str | None = None,
+    known_webhooks=(),
+    event_id: str | None = None,
+    since: float | None = None,
+    until: float | None = None,
+    limit: int = 50,
+) -> list[tuple]:
+    """As views.deliveries."""
+    with _reader(url) as conn:
+        if event_id is not None:
+            found = conn.execute(
+                "SELECT event_id FROM deliveries WHERE id = %s", (event_id,)
+            ).fetchone()
+            event_id = found[0] if found else event_id
+        where, params = [], []
+        if state in ("pending", "parked", "failed", "delivered"):
+            where.append("d.state = " + ("'pending'" if state == "parked" else f"'{state}'"))
+        if state == "parked":
+            where.append("NOT (d.webhook_id = ANY(%s))")
+            params.append(list(known_webhooks))
+        for column, value in (("d.webhook_id", webhook_id), ("d.event_id", event_id)):
+            if value is not None:
+                where.append(f"{column} = %s")
+                params.append(value)
+        if since is not None:
+            where.append("d.seq >= %s AND d.created_at >= %s")
+            params += [first_seq(conn, since), since]
+        if until is not None:
+            where.append("d.seq < %s AND d.created_at <= %s")
+            params += [first_seq(conn, until, after=True), until]
+        sql = (
+            f"SELECT {LISTING} FROM deliveries d JOIN events e ON e.id = d.event_id"
+            " LEFT JOIN attempts a ON a.delivery_id = d.id AND a.number = d.attempts"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY d.seq DESC LIMIT %s"
+        )
+        return [tuple(row) for row in conn.execute(sql, [*params, limit]).fetchall()]
+
+
+def first_seq(conn, at: float, *, after: bool = False) -> int:
+    """As views.first_rowid: where deliveries created at ``at`` (``after``: later) begin."""
+    low, high = conn.execute(
+        "SELECT COALESCE(MIN(seq), 0), COALESCE(MAX(seq), 0) + 1 FROM deliveries"
+    ).fetchone()
+    while low < high:
+        middle = (low + high) // 2
+        seq, created_at = conn.execute(
+            "SELECT seq, created_at FROM deliveries WHERE seq >= %s ORDER BY seq LIMIT 1",
+            (middle,),
+        ).fetchone()
+        if created_at > at or (created_at == at and not after):
+            high = middle
+        else:
+            low = seq + 1
+    return low
+
+
+async def count_pending(url: str, *, task_status=trio.TASK_STATUS_IGNORED) -> dict[str, int]:
+    """As views.count_pending: a snapshot (REPEATABLE READ) taken before ``started()``, the
+    walk in a thread."""
+    conn = raw_connect(url)
+    try:
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        conn.execute("SELECT 1 FROM deliveries LIMIT 1").fetchall()  # the snapshot
+        task_status.started()
+        query = "SELECT webhook_id, COUNT(*) FROM deliveries WHERE state = 'pending' GROUP BY 1"
+        return dict(await trio.to_thread.run_sync(lambda: conn.execute(query).fetchall()))
+    finally:
+        conn.close()
+
+
+def read_states(url: str) -> list[tuple]:
+    try:
+        conn = _reader(url)
+    except NoJournal:
+        return []
+    with conn:
+        query = "SELECT webhook_id, enabled, reason, changed_at FROM webhook_state"
+        return [tuple(row) for row in conn.execute(query).fetchall()]
+
+
+def write_state(url: str, webhook_id, enabled, reason, changed_at) -> None:
+    """One webhook's state, and the notification that makes every relay read the states."""
+    from relay.journal.pg_batch import PgJournal, run_batch
+
+    raw = raw_connect(url, autocommit=True)
+    try:
+        migrate(raw, masked(url))  # as on SQLite, a state set before any relay ran is kept
+    except BaseException:
+        raw.close()
+        raise
+    journal = PgJournal(url, 0.0, None, None, raw)
+    try:
+        [(ok, error)] = run_batch(
+            journal, [("set_webhook_state", (webhook_id, enabled, reason, changed_at))]
+        )
+    finally:
+        journal.close()
+    if not ok:
+        raise RuntimeError(error)
+
+
+def pending_count(url: str, webhook_id: str) -> int:
+    try:
+        conn = _reader(url)
+    except NoJournal:
+        return 0
+    with conn:
+        return conn.execute(
+            "SELECT COUNT(*) FROM deliveries WHERE state = 'pending' AND webhook_id = %s",
+            (webhook_id,),
+        ).fetchone()[0]
+
+
+def check(url: str) -> tuple[bool, list[str]]:
+    """``relay journal check`` on PostgreSQL: reachable, of a schema this relay knows, whole;
+    and what it holds."""
+    where = masked(url)
+    try:
+        conn = raw_connect(url, autocommit=True)
+    except Exception as e:  # noqa: BLE001 - psycopg's or the OS's: say it
+        return False, [f"{where}: cannot connect: {e}"]
+    with conn:
+        number, _ = version(conn)
+        if number == 0:
+            return True, [f"{where}: no journal yet (a relay creates it when it first starts)"]
+        if number > SCHEMA_VERSION:
+            return False, [f"{where}: written by a newer relay (schema {number})"]
+        if problems := schema_problems(conn):
+            return False, [f"{where}: {p}" for p in problems]
+        (events,) = conn.execute("SELECT count(*) FROM events").fetchone()
+        counts = conn.execute("SELECT state, count(*) FROM deliveries GROUP BY 1 ORDER BY 1")
+        states = ", ".join(f"{n:,} {s}" for s, n in counts.fetchall()) or "none"
+        live = conn.execute(
+            "SELECT count(*) FROM runs WHERE ended_at IS NULL"
+            " AND seen_at > extract(epoch from now()) - 120"
+        ).fetchone()[0]
+    return True, [
+        f"{where}: ok (schema {number}; {events:,} events; deliveries: {states};"
+        f" relays seen in the last 2 minutes: {live})"
+    ]
+
+
+def migrate_url(url: str) -> tuple[int, int]:
+    """``relay journal migrate``: ``(version before, version after)``."""
+    with raw_connect(url, autocommit=True) as conn:
+        return migrate(conn, masked(url))
