@@ -93,6 +93,7 @@ class Receiver:
     statuses: list[int] = attrs.Factory(list)  # answers to give, in order; then 200
     hang: float = 0.0  # seconds to wait before answering
     answer: Callable[[Arrived], int] | None = None  # the status for each request, if set
+    answer_body: bytes = b""  # the body of every answer
     _arrived: trio.Event = attrs.Factory(trio.Event)
 
     async def serve(self, stream: trio.abc.Stream) -> None:
@@ -126,8 +127,11 @@ class Receiver:
                     status = self.answer(self.requests[-1])
                 else:
                     status = self.statuses.pop(0) if self.statuses else 200
-                response = h11.Response(status_code=status, headers=[("content-length", "0")])
-                await stream.send_all(conn.send(response) + conn.send(h11.EndOfMessage()))
+                length = str(len(self.answer_body))
+                response = h11.Response(status_code=status, headers=[("content-length", length)])
+                head = conn.send(response)
+                body = conn.send(h11.Data(data=self.answer_body)) if self.answer_body else b""
+                await stream.send_all(head + body + conn.send(h11.EndOfMessage()))
                 if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                     return  # one side asked to close
                 conn.start_next_cycle()

@@ -268,3 +268,24 @@ async def test_run_deliver_reload_and_kill_9(binary, tmp_path, nursery):
             os.kill(tree["relay"], signal.SIGKILL)
         for path in unpacked:  # what kill -9 left behind, and only that
             shutil.rmtree(path, ignore_errors=True)
+
+
+async def test_the_binary_serves_the_web_console(binary, tmp_path):
+    """Its templates, stylesheet and script are package data, which packaging/relay.spec must
+    collect: the modules alone would answer 500s."""
+    config = write_config(
+        tmp_path, 'admin = "127.0.0.1:0"\n' + webhook("crm", "http://127.0.0.1:9/", SECRET, '"*"')
+    )
+    relay = await Running(binary, config).start()
+    try:
+        admin = re.search(r"admin listener on (\S+)", relay.text()).group(1)
+        async with httpx.AsyncClient(base_url=f"http://{admin}", timeout=10) as client:
+            page = await client.get("/console/")
+            assert page.status_code == 200 and "<h1>Overview</h1>" in page.text
+            for static in re.findall(r'"(/console/static/[^"]+)"', page.text):
+                assert (await client.get(static)).status_code == 200, static
+            listing = await client.get("/console/deliveries")
+            assert listing.status_code == 200 and "<h1>Deliveries</h1>" in listing.text
+    finally:
+        relay.process.kill()
+        await relay.process.wait()

@@ -51,6 +51,15 @@ MAY_IMPORT = {
         "relay.journal",
         "relay.plugins",
     },
+    # The web console: the admin listener's own modules (its API's endpoints, the webhooks'
+    # states), and what they read.
+    "relay.admin.console": {
+        "relay.__version__",
+        "relay.admin",
+        "relay.delivery",
+        "relay.http",
+        "relay.journal",
+    },
     "relay.daemon": {
         "relay.admin",
         "relay.clock",

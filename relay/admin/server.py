@@ -1,7 +1,8 @@
 """The admin listener's handler: the token, then the route, then the endpoint.
 
 Served by relay/http/server.py on ``[relay] admin`` (relay/daemon.py starts it), apart from the
-ingest listeners: those are the gateway's, this one is the operators'. Every answer is JSON but
+ingest listeners: those are the gateway's, this one is the operators'. The web console (``/``
+and ``/console/``, relay/admin/console/) checks its own session; every other answer is JSON but
 ``/metrics``; a request an endpoint finds wrong is a 400 or 422 naming each field and why, an
 endpoint's failure the server's generic 500, the journal's a 503.
 """
@@ -14,6 +15,7 @@ from typing import Protocol
 import trio
 
 from relay.admin.auth import authorized, refusal
+from relay.admin.console import Console
 from relay.admin.deliveries import Invalid
 from relay.admin.metrics import Metrics
 from relay.admin.routes import Router
@@ -61,8 +63,11 @@ class AdminApi:
         self.relay = relay
         self.router = router or Router()
         self.metrics = Metrics(relay)
+        self.console = Console(self)
 
     async def __call__(self, request: HTTPRequest) -> tuple[int, dict | Reply]:
+        if self.console.serves(request.path):  # a browser's: its session is a cookie
+            return await self.console(request)
         # The token as configured now: a reload may change it.
         if not authorized(request, self.relay.config.relay.admin_token):
             return 401, refusal(request)

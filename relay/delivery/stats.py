@@ -6,7 +6,8 @@ changed with its periodic report (relay/delivery/process.py), and the relay's co
 (relay/delivery/remote.py) takes them in. With ``delivery = "inline"`` the relay reads the
 dispatcher's own. The counts are totals since the process started (the relay's run): a report
 replaces what the relay had for a webhook, so nothing is lost or counted twice however the
-reports fall.
+reports fall. Each webhook's recent attempts (relay/delivery/recent.py: the web console's
+rates and percentiles over 5 minutes and an hour) go along, as the seconds that changed.
 
 One attempt costs a dict lookup, a bisect and a few increments (~1 µs); nothing is formatted
 or labelled until somebody scrapes.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 
+from relay.delivery.recent import Recent
 from relay.model import Outcome
 
 OUTCOMES = ("delivered", "failed", "timeout", "error")  # how an attempt ended
@@ -41,7 +43,8 @@ def outcome_kind(outcome: Outcome) -> int:
 
 class WebhookStats:
     """One webhook's totals. ``last_success``: wall time the last delivered attempt ended;
-    ``consecutive_failures``: attempts that failed since (or since the start)."""
+    ``consecutive_failures``: attempts that failed since (or since the start); ``last_error``:
+    how the last failed attempt ended (Outcome.describe), at ``last_error_at``."""
 
     __slots__ = (
         "attempts",
@@ -50,6 +53,9 @@ class WebhookStats:
         "duration_sum",
         "last_success",
         "consecutive_failures",
+        "last_error",
+        "last_error_at",
+        "recent",
     )
 
     def __init__(self):
@@ -59,6 +65,9 @@ class WebhookStats:
         self.duration_sum = 0.0
         self.last_success: float | None = None
         self.consecutive_failures = 0
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
+        self.recent = Recent()
 
     def as_tuple(self) -> tuple:
         return (
@@ -68,15 +77,16 @@ class WebhookStats:
             self.duration_sum,
             self.last_success,
             self.consecutive_failures,
+            self.last_error,
+            self.last_error_at,
         )
 
-    @classmethod
-    def from_tuple(cls, values: tuple) -> WebhookStats:
-        stats = cls()
-        attempts, finished, buckets, stats.duration_sum, stats.last_success, failures = values
-        stats.attempts, stats.finished = list(attempts), list(finished)
-        stats.buckets, stats.consecutive_failures = list(buckets), failures
-        return stats
+    def update(self, values: tuple) -> None:
+        """Take ``as_tuple()``'s totals of the other side (its recent slots go apart)."""
+        attempts, finished, buckets, self.duration_sum, self.last_success, failures, *last = values
+        self.attempts, self.finished = list(attempts), list(finished)
+        self.buckets, self.consecutive_failures = list(buckets), failures
+        self.last_error, self.last_error_at = last
 
 
 class DeliveryStats:
@@ -94,6 +104,7 @@ class DeliveryStats:
         duration = outcome.duration
         stats.buckets[bisect_left(DURATION_BUCKETS, duration)] += 1
         stats.duration_sum += duration
+        stats.recent.add(ended_at, kind == 0, duration)
         if kind == 0:
             stats.last_success = ended_at
             stats.consecutive_failures = 0
@@ -101,6 +112,7 @@ class DeliveryStats:
                 stats.finished[0] += 1
         else:
             stats.consecutive_failures += 1
+            stats.last_error, stats.last_error_at = outcome.describe(), ended_at
             if final:
                 stats.finished[1] += 1
         self._changed.add(webhook_id)
@@ -113,11 +125,21 @@ class DeliveryStats:
     # -- across the pipe ---------------------------------------------------------------------
 
     def changes(self) -> dict[str, tuple]:
-        """The totals of the webhooks that changed since the last call (for the report)."""
+        """The totals of the webhooks that changed since the last call, and their recent
+        seconds that changed (for the report)."""
         changed, self._changed = self._changed, set()
-        return {webhook_id: self.webhooks[webhook_id].as_tuple() for webhook_id in changed}
+        webhooks = self.webhooks
+        return {
+            webhook_id: (webhooks[webhook_id].as_tuple(), webhooks[webhook_id].recent.changes())
+            for webhook_id in changed
+        }
 
     def merge(self, changes: dict[str, tuple]) -> None:
-        """Take in a report's ``changes()``: its totals replace ours."""
-        for webhook_id, values in changes.items():
-            self.webhooks[webhook_id] = WebhookStats.from_tuple(values)
+        """Take in a report's ``changes()``: its totals replace ours, its seconds our slots of
+        the same seconds."""
+        for webhook_id, (values, seconds) in changes.items():
+            stats = self.webhooks.get(webhook_id)
+            if stats is None:
+                stats = self.webhooks[webhook_id] = WebhookStats()
+            stats.update(values)
+            stats.recent.merge(seconds)

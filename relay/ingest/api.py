@@ -136,7 +136,7 @@ class Api:
             deliveries = sorted(deliveries + added, key=lambda d: order[d.event.id])
             reported = {d.event.id for d in added}
             unrouted = [event for event in unrouted if event.id not in reported]
-        self.stats.took(len(accepted), len(unrouted), deliveries)
+        self.stats.took(len(accepted), len(unrouted), deliveries, now)
         if unrouted and log.isEnabledFor(logging.DEBUG):
             for event in unrouted:
                 log.debug("event %s (%s): accepted, but no webhook takes it", event.id, event.name)

@@ -2,14 +2,19 @@
 
 Per request, not per event where it can be helped: ingest is a hot path (a few integer additions
 a request, and a dict update a delivery: ~0.35 µs for a single event, ~0.15 µs a delivery).
+``per_second`` counts events into the second they were accepted in, for the web console's live
+chart: one more comparison and addition a request.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable
 
 from relay.ingest.events import InvalidEvents
 from relay.model import Delivery
+
+SECONDS = 300  # per_second's span
 
 # Why a request was rejected whole (nothing of it journaled): relay_events_rejected_total's
 # reason label. Stable names: dashboards and alerts key on them.
@@ -27,16 +32,26 @@ class IngestStats:
     """Totals since the relay started. ``routed``: deliveries journaled per webhook id (the
     admin listener's pending counts start from the journal's and add these)."""
 
-    __slots__ = ("accepted", "unrouted", "rejected", "routed")
+    __slots__ = ("accepted", "unrouted", "rejected", "routed", "per_second")
 
     def __init__(self):
         self.accepted = 0  # events journaled and acknowledged
         self.unrouted = 0  # of those, events no webhook took
         self.rejected = dict.fromkeys(REJECTIONS, 0)  # requests, by reason
         self.routed: dict[str, int] = {}
+        # [second, events accepted in it], the last SECONDS seconds that had any.
+        self.per_second: deque[list[int]] = deque([[0, 0]], maxlen=SECONDS)
 
-    def took(self, events: int, unrouted: int, deliveries: Iterable[Delivery]) -> None:
+    def took(
+        self, events: int, unrouted: int, deliveries: Iterable[Delivery], now: float = 0.0
+    ) -> None:
+        """``now``: when they were accepted (wall time)."""
         self.accepted += events
+        second, last = int(now), self.per_second[-1]
+        if last[0] >= second:  # the same second (or a clock stepped back: counted in the last)
+            last[1] += events
+        else:
+            self.per_second.append([second, events])
         self.unrouted += unrouted
         routed = self.routed  # a plain loop: Counter.update cost 1.1 µs a call before counting
         for delivery in deliveries:

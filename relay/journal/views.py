@@ -43,6 +43,39 @@ def list_deliveries(state_dir: Path, *, url: str | None = None, **filters) -> li
     return [DeliveryRow(*row) for row in deliveries(state_dir, **filters)]
 
 
+def page(
+    state_dir: Path, *, limit: int, before: int | None, scan: int | None, **filters
+) -> tuple[list[DeliveryRow], int | None]:
+    """A page of ``list_deliveries`` and the cursor of the next (None: no more), for the web
+    console. ``scan``: the most rowids one page walks, for filters no index answers (an event's
+    name, a webhook among every state): a page of a rare name in a journal of millions ends
+    after that many, with fewer rows and the cursor where it stopped, rather than walking the
+    whole journal before it answers."""
+    lowest = oldest = None
+    if scan is not None:
+        oldest, newest = rowid_range(state_dir)
+        top = before if before is not None else newest + 1
+        lowest = max(oldest, top - scan)
+    rows = list_deliveries(state_dir, limit=limit, before=before, lowest=lowest, **filters)
+    if len(rows) == limit:
+        return rows, rows[-1].rowid
+    return rows, lowest if lowest is not None and lowest > oldest else None
+
+
+def rowid_range(state_dir: Path) -> tuple[int, int]:
+    """The oldest and newest deliveries' rowids (1 and 0: none)."""
+    conn = sqlite3.connect(f"{(state_dir / FILENAME).absolute().as_uri()}?mode=ro", uri=True)
+    try:
+        # Two subqueries: MIN and MAX in one would walk the table instead of two lookups.
+        sql = (
+            "SELECT COALESCE((SELECT MIN(rowid) FROM deliveries), 1),"
+            " COALESCE((SELECT MAX(rowid) FROM deliveries), 0)"
+        )
+        return conn.execute(sql).fetchone()
+    finally:
+        conn.close()
+
+
 async def count_pending(
     state_dir: Path, *, url: str | None = None, task_status=trio.TASK_STATUS_IGNORED
 ) -> dict[str, int]:
@@ -103,6 +136,8 @@ def deliveries(
     until: float | None = None,
     limit: int = 50,
     before: int | None = None,
+    event_name: str | None = None,
+    lowest: int | None = None,
 ) -> list[tuple]:
     """Rows of ``LISTING`` for ``relay deliveries``, the newest first, read-only from the
     journal file (a relay may be running or not).
@@ -110,8 +145,10 @@ def deliveries(
     ``parked`` means pending for a webhook not in ``known_webhooks``; ``event_id`` may be an
     event's id or one of its deliveries' ids; ``since``/``until`` bound ``created_at``;
     ``before``: only rows older than that rowid (the next page: keyset, never OFFSET, so a page
-    costs the same however deep). A replay waiting for its lane shows as due since it was
-    replayed. Raises FileNotFoundError when ``state_dir`` holds no journal.
+    costs the same however deep); ``lowest``: none below that rowid; ``event_name``: the
+    event's name, or a pattern (``whatsapp:message:*``, SQLite's GLOB). A replay waiting for
+    its lane shows as due since it was replayed. Raises FileNotFoundError when ``state_dir``
+    holds no journal.
     """
     path = (state_dir / FILENAME).absolute()
     if not path.exists():
@@ -136,6 +173,8 @@ def deliveries(
             since=since,
             until=until,
             rowids=(first, end),
+            event_name=event_name,
+            lowest=lowest,
         )
         rows = conn.execute(sql, params).fetchall()
         return [(*r[:8], due_at(r[8]), *r[9:]) if r[8] is not None else r for r in rows]
@@ -178,6 +217,8 @@ def deliveries_query(
     since: float | None = None,
     until: float | None = None,
     rowids: tuple[int | None, int | None] = (None, None),
+    event_name: str | None = None,
+    lowest: int | None = None,
 ) -> tuple[str, list]:
     """The SQL of ``list_deliveries`` and its parameters; ``rowids`` is ``[first, end)``."""
     where, params = [], []
@@ -194,6 +235,12 @@ def deliveries_query(
     if event_id is not None:
         where.append("d.event_id = ?")
         params.append(event_id)
+    if event_name is not None:
+        where.append("e.name GLOB ?" if "*" in event_name else "e.name = ?")
+        params.append(event_name)
+    if lowest is not None:
+        where.append("d.rowid >= ?")
+        params.append(lowest)
     first, end = rowids
     if first is not None:
         where.append("d.rowid >= ? AND d.created_at >= ?")
