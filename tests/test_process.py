@@ -189,7 +189,7 @@ async def test_sigterm_while_the_delivery_process_starts_exits_0(tmp_path):
     daemon = await Daemon(write_config(tmp_path, "http://127.0.0.1:9/", grace=0.5)).launch()
     await trio.sleep(1.5)
     daemon.process.send_signal(signal.SIGTERM)
-    assert await daemon.wait(timeout=15) == 0, daemon.log.read_text()
+    assert await daemon.wait(timeout=30) == 0, daemon.log.read_text()
     assert "did not stop within the grace period" in daemon.log.read_text()
 
 

@@ -140,10 +140,15 @@ async def drain(traffic: Traffic, receiver: FlappingReceiver, journal: Path, tim
     """Wait until every acknowledged event arrived, or the journal holds nothing pending
     (then what has not arrived never will); the deliveries still pending."""
     with trio.move_on_after(timeout):
+        while traffic.in_flight:  # a request posted as traffic stopped may yet be acknowledged
+            await trio.sleep(0.05)
         while not traffic.acknowledged <= receiver.marks:
             if pending_deliveries(journal) == 0:
-                await trio.sleep(0.5)  # an answer written, not yet noted: let it land
-                break
+                # An answer written, not yet noted, or a request still in flight when traffic
+                # stopped (acknowledged a moment later, its delivery pending): look again.
+                await trio.sleep(1.0)
+                if pending_deliveries(journal) == 0:
+                    break
             await trio.sleep(0.1)
     return pending_deliveries(journal)
 

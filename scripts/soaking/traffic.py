@@ -49,6 +49,7 @@ class Traffic:
         self.hostile: Counter[tuple[str, str]] = Counter()  # (kind, answer)
         self.hostile_accepted: list[str] = []
         self.running = True
+        self.in_flight = 0  # requests posted and not yet answered: the drain waits for them
         self.pad = 40  # bytes of filler per event
         self._marks = itertools.count()
 
@@ -65,7 +66,12 @@ class Traffic:
                 marks = [f"{prefix}{next(self._marks)}" for _ in range(self.rng.randint(1, 5))]
                 self.sent.update(marks)
                 events = [self.event(m) for m in marks]
-                if await self.post(client, events if len(events) > 1 else events[0]) == "202":
+                self.in_flight += 1
+                try:
+                    answer = await self.post(client, events if len(events) > 1 else events[0])
+                finally:
+                    self.in_flight -= 1
+                if answer == "202":
                     self.acknowledged.update(marks)
                 await trio.sleep(self.rng.expovariate(rate / len(marks)))
 
