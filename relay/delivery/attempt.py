@@ -54,16 +54,39 @@ class Attempt:
         return self.nursery.cancel_scope.deadline
 
 
-class _Run:
-    """What an attempt has come to so far: its request, once built, its answer, once one came,
-    and its outcome, once known (still None when the deadline cut it short)."""
+class Run:
+    """One attempt at one delivery, from its start to its record: the delivery (its
+    ``attempts`` counting this one), when it started (``started_at``, wall time, for the
+    journal; ``started``, trio time, for its duration), and what it has come to so far.
 
-    __slots__ = ("started", "request", "response", "outcome")
+    The general path notes its ``request``, once built, and ``response``, once one came;
+    relay's own (relay/delivery/flat.py) notes the header lines it sent (``lines``, for the
+    record) and the ``answer`` as the wire gave it. ``outcome`` stays None when the deadline
+    cut the attempt short."""
 
-    def __init__(self, started: float):
-        self.started = started
+    __slots__ = (
+        "webhook",
+        "delivery",
+        "started_at",
+        "started",
+        "request",
+        "response",
+        "lines",
+        "answer",
+        "url",
+        "outcome",
+    )
+
+    def __init__(self, webhook: Webhook, delivery: Delivery, started_at: float):
+        self.webhook = webhook
+        self.delivery = delivery
+        self.started_at = started_at
+        self.started = trio.current_time()
         self.request: Request | None = None
         self.response: Response | None = None
+        self.lines: str | None = None
+        self.answer = None
+        self.url: str | None = None  # where it went, once known (relay/delivery/health.py)
         self.outcome: Outcome | None = None
 
     def elapsed(self) -> float:
@@ -82,18 +105,16 @@ class Attempts:
         self.components = components
         self.transports = transports
         # In the order pluggy would call them: the last registered first, trylast ones last.
-        self._renderers = _in_call_order(pm.hook.render_request)
-        self._preparers = _in_call_order(pm.hook.prepare_request)
-        self._observers = _in_call_order(pm.hook.attempt_finished)
+        self.renderers = _in_call_order(pm.hook.render_request)
+        self.preparers = _in_call_order(pm.hook.prepare_request)
+        self.observers = _in_call_order(pm.hook.attempt_finished)
         self._preparers_take_attempt = "attempt" in _names_of(pm.hook.prepare_request)
         self._send_signatures: dict[str, tuple[object, bool]] = {}
 
-    async def __call__(
-        self, webhook: Webhook, delivery: Delivery
-    ) -> tuple[Request | None, Outcome, Response | None]:
-        """The request sent (None when none could be built), how the attempt ended, and the
-        answer (None when none came)."""
-        run = _Run(trio.current_time())
+    async def __call__(self, run: Run) -> None:
+        """Make ``run``'s attempt, noting in it the request sent (None when none could be
+        built), the answer (None when none came) and how the attempt ended."""
+        webhook, delivery = run.webhook, run.delivery
         if self._preparers_take_attempt or self._takes_attempt(webhook.transport):
             try:
                 async with trio.open_nursery() as nursery:
@@ -117,17 +138,14 @@ class Attempts:
             # through trio's scheduler (~5 µs of CPU an attempt, measured).
             with trio.CancelScope() as scope:
                 await self._run(webhook, delivery, run, scope, None)
-        if run.outcome is None:  # the deadline passed before an answer came
-            run.outcome = Outcome(
-                duration=run.elapsed(), error=f"no response within {webhook.timeout:g} s"
-            )
-        return run.request, run.outcome, run.response
+        if run.request is not None:
+            run.url = run.request.url
 
     async def _run(
         self,
         webhook: Webhook,
         delivery: Delivery,
-        run: _Run,
+        run: Run,
         deadline: trio.CancelScope,
         nursery: trio.Nursery | None,
     ) -> None:
@@ -157,7 +175,7 @@ class Attempts:
         except PermanentFailure as e:
             run.outcome = Outcome(duration=run.elapsed(), error=str(e), permanent=True)
         except Exception as e:  # noqa: BLE001 - a failed send is an outcome, not a crash
-            run.outcome = Outcome(duration=run.elapsed(), error=_describe_send_error(e))
+            run.outcome = Outcome(duration=run.elapsed(), error=describe_send_error(e))
         else:
             if isinstance(response, Response):
                 run.response = response
@@ -208,7 +226,7 @@ class Attempts:
 
     async def _build(self, webhook: Webhook, delivery: Delivery, attempt: Attempt | None):
         request = None
-        for plugin, render in self._renderers:  # the first answer wins (firstresult)
+        for plugin, render in self.renderers:  # the first answer wins (firstresult)
             try:
                 request = render(webhook=webhook, delivery=delivery)
             except PermanentFailure:
@@ -225,7 +243,7 @@ class Attempts:
         request = request.with_headers((DELIVERY_HEADER, delivery.id))
 
         # One by one, so that each sees the previous result and a failure names its plugin.
-        for plugin, prepare in self._preparers:
+        for plugin, prepare in self.preparers:
             try:
                 result = prepare(
                     webhook=webhook, delivery=delivery, request=request, attempt=attempt
@@ -246,7 +264,7 @@ class Attempts:
 
     def finished(self, webhook, delivery, request, outcome) -> None:
         """Tell the ``attempt_finished`` observers; one that raises is logged, never fatal."""
-        for plugin, observe in self._observers:
+        for plugin, observe in self.observers:
             try:
                 observe(webhook=webhook, delivery=delivery, request=request, outcome=outcome)
             except Exception:  # noqa: BLE001 - an observer must not lose the outcome
@@ -328,10 +346,10 @@ def _first_error(error: BaseException) -> BaseException:
 
 
 def _describe_group(error: BaseException) -> str:
-    return _describe_send_error(_first_error(error))
+    return describe_send_error(_first_error(error))
 
 
-def _describe_send_error(error: BaseException) -> str:
+def describe_send_error(error: BaseException) -> str:
     text = str(error) or type(error).__name__
     if isinstance(error, OSError) and error.strerror:
         text = error.strerror

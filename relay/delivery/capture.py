@@ -141,7 +141,7 @@ class Capture:
     webhook (a reload's new webhook gets it anew)."""
 
     def __init__(self):
-        self._maskers: dict[str, _Masker] = {}
+        self._maskers: dict[str, Masker] = {}
 
     def __call__(
         self,
@@ -152,14 +152,22 @@ class Capture:
     ) -> tuple[bytes | None, bytes | None]:
         if request is None:  # none could be built: nothing was sent, nothing answered
             return None, None
-        masker = self._maskers.get(webhook.id)
-        if masker is None or masker.webhook is not webhook:
-            masker = self._maskers[webhook.id] = _Masker(webhook)
+        masker = self.masker(webhook)
         sent, hidden = masker.request(request, delivery.event.body)
         return sent, (None if response is None else masker.response(response, hidden))
 
+    def masker(self, webhook: Webhook) -> Masker:
+        masker = self._maskers.get(webhook.id)
+        if masker is None or masker.webhook is not webhook:
+            masker = self._maskers[webhook.id] = Masker(webhook)
+        return masker
 
-class _Masker:
+
+class Masker:
+    """Both records of one webhook's attempts: ``request`` and ``response`` from the messages,
+    or, for relay's own attempt (relay/delivery/flat.py), which has no message objects, from
+    its header lines (``lines``) and the answer's head and body (``answer``)."""
+
     def __init__(self, webhook: Webhook):
         self.webhook = webhook
         self.from_secrets = frozenset()
@@ -184,10 +192,7 @@ class _Masker:
                     suspect = True
                     break
             else:
-                for form in self.forms:
-                    if form in lines:
-                        suspect = True
-                        break
+                suspect = self.holds_secret(lines)
         hidden: list[str] = []
         if suspect:
             shown = []
@@ -201,28 +206,29 @@ class _Masker:
                     value = MASK
                 shown.append(f"{name}: {value}")
             lines = "\n".join(shown)
-        url = request.url
+        return self.lines(request.method, request.url, lines, request.body, event_body), hidden
+
+    def holds_secret(self, text: str) -> bool:
+        for form in self.forms:
+            if form in text:
+                return True
+        return False
+
+    def lines(self, method: str, url: str, lines: str, body: bytes, event_body: bytes) -> bytes:
+        """The record of a request whose header lines (``name: value``, joined by newlines)
+        need no masking, or have been masked."""
         if url == self._url[0]:
             url = self._url[1]
         else:
             masked = mask_url(url, self.forms)
             self._url, url = (url, masked), masked
-        body = request.body
         if body is event_body or body == event_body:
-            head = (
-                f"= {request.method} {url}\n{lines}\n\n"
-                if lines
-                else f"= {request.method} {url}\n\n"
-            )
-            return head.encode("utf-8", "backslashreplace"), hidden
+            head = f"= {method} {url}\n{lines}\n\n" if lines else f"= {method} {url}\n\n"
+            return head.encode("utf-8", "backslashreplace")
         kept = _scrub(body[: BODY_KEPT + self.longest], self.form_bytes)[:BODY_KEPT]
         mark = len(body)
-        head = (
-            f"{mark} {request.method} {url}\n{lines}\n\n"
-            if lines
-            else f"{mark} {request.method} {url}\n\n"
-        )
-        return head.encode("utf-8", "backslashreplace") + kept, hidden
+        head = f"{mark} {method} {url}\n{lines}\n\n" if lines else f"{mark} {method} {url}\n\n"
+        return head.encode("utf-8", "backslashreplace") + kept
 
     def response(self, response: Response, hidden: list[str]) -> bytes:
         head = response.head
@@ -231,12 +237,19 @@ class _Masker:
             for name, value in response.headers:
                 lines.append(f"{name}: {MASK if rule(name) is _HIDE else value}")
             head = "\r\n".join(lines).encode("latin-1", "replace")
-        else:
-            for hint in _ANSWER_HINTS:
-                if hint in head:
-                    head = _mask_head(head)
-                    break
-        body = response.body
+            return self._answer(head, response.body, hidden)
+        return self.answer(head, response.body, hidden)
+
+    def answer(self, head: bytes, body: bytes, hidden: list[str]) -> bytes:
+        """The record of an answer whose head came as ``head`` (the status line and header
+        lines, CRLF between them)."""
+        for hint in _ANSWER_HINTS:
+            if hint in head:
+                head = _mask_head(head)
+                break
+        return self._answer(head, body, hidden)
+
+    def _answer(self, head: bytes, body: bytes, hidden: list[str]) -> bytes:
         if not body:
             return head + b"\r\n\r\n"
         if hidden:

@@ -23,8 +23,10 @@ import trio
 
 from relay.clock import Clock
 from relay.config import Config, Webhook
-from relay.delivery.attempt import Attempts
+from relay.delivery import flat
+from relay.delivery.attempt import Attempts, Run
 from relay.delivery.capture import Capture
+from relay.delivery.deadlines import Slot
 from relay.delivery.health import Health
 from relay.delivery.lanes import Lane
 from relay.delivery.outcomes import delivery_fields, log_outcome
@@ -32,7 +34,7 @@ from relay.delivery.replays import Replays
 from relay.delivery.stats import DeliveryStats
 from relay.journal import Journal, JournalError
 from relay.journal.states import WebhookState
-from relay.model import Delivery
+from relay.model import Delivery, Outcome, Request
 from relay.plugins import Components
 
 log = logging.getLogger(__name__)
@@ -112,6 +114,7 @@ class Dispatcher:
         self.config = config
         self.components = components
         self.attempts = Attempts(pm, components, transports)
+        self.plans = flat.Plans(self.attempts, components, transports)
         self.journal = journal
         self.clock = clock
         self.lanes = {w.id: Lane(w, config.relay.queue) for w in config.webhooks}
@@ -254,21 +257,42 @@ class Dispatcher:
             await self.journal.put_to_sleep((d.id for d in no_room), self.clock.now())
             self.scheduler.wake()
 
-    async def deliver(self, webhook: Webhook, delivery: Delivery) -> None:
+    # -- one attempt: begin, attempt, conclude (a lane's worker runs them, relay/delivery/lanes.py)
+
+    def begin(self, webhook: Webhook, delivery: Delivery) -> Run:
         d = delivery  # not attrs.evolve: ~2 µs more an attempt
         delivery = Delivery(
             d.id, d.webhook_id, d.event, d.attempts + 1, d.attempt_base, d.order_key
         )
-        started_at = self.clock.now()
-        request, outcome, response = await self.attempts(webhook, delivery)
-        self.attempts.finished(webhook, delivery, request, outcome)
+        return Run(webhook, delivery, self.clock.now())
+
+    async def attempt(self, run: Run, slot: Slot) -> None:
+        """Make the attempt, relay's own way when its webhook and the plugins allow
+        (relay/delivery/flat.py), else through the hooks. ``slot``'s deadline may cut relay's
+        own short: trio.Cancelled, out to the worker's scope."""
+        plan = self.plans.get(run.webhook)
+        if plan is not None and flat.takes(run.delivery.id):
+            await flat.attempt(plan, run, slot)
+        else:
+            await self.attempts(run)
+
+    async def conclude(self, run: Run) -> None:
+        """Record how the attempt went, and what follows: its retry, or its end."""
+        webhook, delivery, started_at = run.webhook, run.delivery, run.started_at
+        outcome = run.outcome
+        if outcome is None:  # the deadline passed before an answer came
+            outcome = run.outcome = Outcome(
+                duration=run.elapsed(), error=f"no response within {webhook.timeout:g} s"
+            )
+        if self.attempts.observers:
+            self.attempts.finished(webhook, delivery, run.request, outcome)
         next_at = None
         # 410 Gone: the webhook is no more; no retry, and it is disabled below.
         if not outcome.ok and not outcome.permanent and outcome.status != 410:
             delay = self._retry_delay(webhook, delivery, outcome)
             if delay is not None:
                 next_at = started_at + outcome.duration + delay
-        sent, answer = self.capture(webhook, delivery, request, response)
+        sent, answer = self._records(run)
         ordered = webhook.order_by is not None
         await self.journal.record_attempt(
             delivery,
@@ -291,10 +315,23 @@ class Dispatcher:
         if outcome.ok:
             self.health.succeeded(webhook)
         else:
-            await self._failed(webhook, request, outcome, started_at)
+            await self._failed(webhook, run.url, outcome, started_at)
 
-    async def _failed(self, webhook, request, outcome, started_at) -> None:
-        url = request.url if request is not None else None
+    def _records(self, run: Run) -> tuple[bytes | None, bytes | None]:
+        """What the journal keeps of the request and the answer (relay/delivery/capture.py)."""
+        if run.lines is None:  # the general path's, from its messages
+            return self.capture(run.webhook, run.delivery, run.request, run.response)
+        masker = self.capture.masker(run.webhook)
+        body = run.delivery.event.body
+        if masker.from_secrets or masker.holds_secret(run.lines):  # rare: mask header by header
+            request = Request("POST", run.url, tuple(_headers(run.lines)), body)
+            sent, hidden = masker.request(request, body)
+        else:
+            sent, hidden = masker.lines("POST", run.url, run.lines, body, body), []
+        answer = run.answer
+        return sent, (None if answer is None else masker.answer(answer.head, answer.body, hidden))
+
+    async def _failed(self, webhook, url, outcome, started_at) -> None:
         reason = self.health.failed(webhook, url, outcome.status, started_at)
         if reason is not None and self.health.enabled(webhook):
             log.warning("webhook %s disabled: %s", webhook.id, reason)
@@ -318,3 +355,10 @@ class Dispatcher:
                 extra=delivery_fields(webhook.id, delivery),
             )
             return webhook.backoff.first if attempt < webhook.tries else None
+
+
+def _headers(lines: str):
+    """The header pairs of relay's own attempt's lines (``name: value`` per line)."""
+    for line in lines.split("\n"):
+        name, _, value = line.partition(": ")
+        yield name, value

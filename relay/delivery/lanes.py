@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from relay.config import Webhook
+from relay.delivery.deadlines import Watchdog
 from relay.delivery.rate import bucket_for
 from relay.model import Delivery
 
@@ -45,6 +46,7 @@ class Lane:
         # lane goes back to the journal, unattempted, and the scheduler claims nothing for it.
         self.enabled = webhook.enabled
         self.bucket = bucket_for(webhook)  # rate = "...": paces the attempts; None: no pace
+        self.watchdog = Watchdog()  # cuts the workers' attempts off at their deadlines
 
     def room(self) -> int:
         return self.queue - self._send.statistics().current_buffer_used
@@ -83,10 +85,13 @@ class Lane:
 
     async def run(self, dispatcher: Dispatcher) -> None:
         self._dispatcher = dispatcher
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            self.resize()
-        self._nursery = None
+        async with trio.open_nursery() as watching:
+            watching.start_soon(self.watchdog.run)
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self.resize()
+            self._nursery = None
+            watching.cancel_scope.cancel()  # no worker left to watch
         # Intake stopped (shutdown, or the webhook left the configuration): what was queued
         # goes back to the journal, due now, rather than wait in memory unseen.
         if self._leftover:
@@ -109,29 +114,57 @@ class Lane:
             return None
 
     async def _work(self) -> None:
+        """Attempt deliveries one after another, in the slot's scope (relay/delivery/
+        deadlines.py): when its watchdog cuts an attempt short, the spent scope is left, the
+        attempt concluded outside it, and the next attempts run in a new one."""
+        slot = self.watchdog.slot()
+        try:
+            while True:
+                run = None
+                with slot.scope:
+                    while (delivery := await self._next()) is not None:
+                        if not await self._admit(delivery):
+                            continue
+                        run = self._dispatcher.begin(self.webhook, delivery)
+                        self.busy += 1
+                        await self._dispatcher.attempt(run, slot)
+                        if slot.spent:  # cut as it ended: nothing more may wait in this scope
+                            break
+                        await self._conclude(run)
+                        run = None
+                        if self.workers > self.webhook.concurrency:  # a reload lowered it
+                            self.workers -= 1
+                            return
+                    else:
+                        return  # the queue is closed
+                slot.renew()
+                if run is not None:
+                    await self._conclude(run)
+        finally:
+            self.watchdog.release(slot)
+
+    async def _admit(self, delivery: Delivery) -> bool:
+        """Whether to attempt ``delivery`` now; if not, it waits elsewhere (the journal, or
+        the leftovers of a stopped lane)."""
         dispatcher = self._dispatcher
-        while (delivery := await self._next()) is not None:
-            if self.stopped:
-                self._leftover.append(delivery)
-                continue
-            if not self.enabled:  # disabled after it was queued: it sleeps, unattempted
+        if self.stopped:
+            self._leftover.append(delivery)
+            return False
+        if not self.enabled:  # disabled after it was queued: it sleeps, unattempted
+            await dispatcher.journal.put_to_sleep([delivery.id], dispatcher.clock.now())
+            return False
+        if self.overflowed and self.room() > self.wake_room:
+            self.overflowed, self.wake_room = False, self.queue // 2
+            dispatcher.scheduler.wake()
+        if self.bucket is not None:
+            await self.bucket.take()
+            if self.stopped or not self.enabled:  # while it waited for its turn
                 await dispatcher.journal.put_to_sleep([delivery.id], dispatcher.clock.now())
-                continue
-            if self.overflowed and self.room() > self.wake_room:
-                self.overflowed, self.wake_room = False, self.queue // 2
-                dispatcher.scheduler.wake()
-            if self.bucket is not None:
-                await self.bucket.take()
-                if self.stopped or not self.enabled:  # while it waited for its turn
-                    await dispatcher.journal.put_to_sleep([delivery.id], dispatcher.clock.now())
-                    continue
-            self.busy += 1
-            try:
-                # The webhook as it is now: a reload changes the next attempts, never one in
-                # flight.
-                await dispatcher.deliver(self.webhook, delivery)
-            finally:
-                self.busy -= 1
-            if self.workers > self.webhook.concurrency:  # a reload lowered it
-                self.workers -= 1
-                return
+                return False
+        return True
+
+    async def _conclude(self, run) -> None:
+        try:
+            await self._dispatcher.conclude(run)
+        finally:
+            self.busy -= 1

@@ -23,6 +23,7 @@ BrokenResourceError.
 
 from __future__ import annotations
 
+import math
 import re
 import ssl
 from collections import defaultdict, deque
@@ -119,7 +120,7 @@ class Connection:
         self.reused = False
         self.reusable = False
 
-    async def roundtrip(self, data: bytes, max_body: int) -> Response:
+    async def roundtrip(self, data: bytes, max_body: int) -> Answer:
         self.reusable = False
         await self.io.send_all(data)
         while True:
@@ -147,11 +148,31 @@ class Connection:
         else:  # the body ends when the connection does
             body, complete = await self.io.read_to_close(max_body), False
         self.reusable = keep_alive and complete and not self.io.buffer
+        return Answer(status, headers, body, self.io.last_head)
+
+
+class Answer:
+    """An answer as the wire gave it: ``headers`` by lowercased name, in bytes, and ``head`` as
+    it came. ``HTTPClient.send`` makes a ``Response`` of it; relay's own attempt (relay/delivery/
+    flat.py) reads it as it is, as decoding every header of every answer is work only a plugin
+    would want done."""
+
+    __slots__ = ("status", "headers", "body", "head")
+
+    def __init__(self, status: int, headers: dict[bytes, bytes], body: bytes, head: bytes):
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.head = head
+
+    def response(self) -> Response:
         return Response(
-            status=status,
-            headers=tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in headers.items()),
-            body=body,
-            head=self.io.last_head,
+            status=self.status,
+            headers=tuple(
+                (k.decode("latin-1"), v.decode("latin-1")) for k, v in self.headers.items()
+            ),
+            body=self.body,
+            head=self.head,
         )
 
 
@@ -181,7 +202,9 @@ class HTTPClient:
             self._ssl_context = ssl.create_default_context()
         return self._ssl_context
 
-    def _target(self, method: str, url: str) -> Target:
+    def target(self, method: str, url: str) -> Target:
+        """What ``url`` means to this client, worked out once per (method, URL); raises
+        ``PermanentFailure`` for a URL it cannot send to."""
         target = self._targets.get((method, url))
         if target is None:
             if len(self._targets) >= _TARGETS_CACHED:  # composed URLs differ per event
@@ -190,29 +213,36 @@ class HTTPClient:
         return target
 
     async def send(self, request: Request) -> Response:
-        target = self._target(request.method, request.url)
-        data = encode_head(target, request) + request.body
-        connection = await self._checkout(target.origin)
+        target = self.target(request.method, request.url)
+        answer = await self.exchange(target, encode_head(target, request) + request.body)
+        return answer.response()
+
+    async def exchange(self, target: Target, data: bytes, deadline: float = math.inf) -> Answer:
+        """Send ``data``, a whole request for ``target`` (head and body), on a pooled
+        connection, and read the answer. ``deadline``: when the caller will cut the exchange
+        short, if it does so by other means than a cancel scope's deadline (a TLS handshake
+        that would outlive it times out a little before, and says so)."""
+        connection = await self._checkout(target.origin, deadline)
         try:
             try:
-                response = await connection.roundtrip(data, self.max_response_body)
+                answer = await connection.roundtrip(data, self.max_response_body)
             except (trio.BrokenResourceError, ConnectionError, OSError):
                 if not connection.reused or connection.io.buffer:
                     raise
                 # The server closed an idle keep-alive connection just as we reused it:
                 # nothing was answered, so try once on a fresh connection.
                 await connection.io.aclose()
-                connection = await self._connect(target.origin)
-                response = await connection.roundtrip(data, self.max_response_body)
+                connection = await self._connect(target.origin, deadline)
+                answer = await connection.roundtrip(data, self.max_response_body)
         except BaseException as e:
             await connection.io.aclose()
             if isinstance(e, trio.BrokenResourceError) and not str(e):  # TLS says nothing
                 raise ConnectionError(_broken(e.__cause__, target.origin[1])) from e
             raise
         await self._checkin(connection)
-        return response
+        return answer
 
-    async def _checkout(self, origin) -> Connection:
+    async def _checkout(self, origin, deadline: float = math.inf) -> Connection:
         idle = self._idle.get(origin)
         now = trio.current_time()
         while idle:
@@ -221,9 +251,9 @@ class HTTPClient:
                 connection.reused = True
                 return connection
             await connection.io.aclose()
-        return await self._connect(origin)
+        return await self._connect(origin, deadline)
 
-    async def _connect(self, origin) -> Connection:
+    async def _connect(self, origin, deadline: float = math.inf) -> Connection:
         scheme, host, port = origin
         if self.network_policy is None:
             stream = await trio.open_tcp_stream(host, port)
@@ -234,7 +264,7 @@ class HTTPClient:
                 stream, self.ssl_context, server_hostname=host, https_compatible=True
             )
             try:
-                await _handshake(stream, host)
+                await _handshake(stream, host, deadline)
             except BaseException:
                 await trio.aclose_forcefully(stream)
                 raise
@@ -270,10 +300,11 @@ class TLSError(ConnectionError):
     the attempt fails and is retried, as for any connection that could not be made.)"""
 
 
-async def _handshake(stream: trio.SSLStream, host: str) -> None:
+async def _handshake(stream: trio.SSLStream, host: str, cut_at: float) -> None:
     started = trio.current_time()
     deadline = min(
-        started + HANDSHAKE_TIMEOUT, trio.current_effective_deadline() - _HANDSHAKE_MARGIN
+        started + HANDSHAKE_TIMEOUT,
+        min(trio.current_effective_deadline(), cut_at) - _HANDSHAKE_MARGIN,
     )
     with trio.move_on_at(deadline) as scope:
         try:

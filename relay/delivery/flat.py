@@ -1,0 +1,136 @@
+"""relay's own attempt, flat: a plain webhook, signed by the built-in signer and sent by the
+built-in transport, with no plugin on ``prepare_request`` or ``attempt_finished``.
+
+That is the common attempt, and the general one (relay/delivery/attempt.py) does it through
+objects each hook needs: a rendered ``Request``, two copies of it with a header added, an
+encoded head, a ``Response`` with every header decoded, a cancel scope. None of those is
+needed when every step is relay's own, so this path writes the request's bytes in one go (the
+parts that do not change for a webhook are built once, in a ``Plan``), sends them on a pooled
+connection of the transport's client, reads the answer as the wire gave it, and bounds the
+attempt by the worker's slot (relay/delivery/deadlines.py) instead of a scope of its own. The
+records the journal keeps (relay/delivery/capture.py) are made after the answer, from the
+header lines.
+
+What is sent is what the general path would send, byte for byte, and the records are the same:
+tests/test_flat.py sends each kind of attempt both ways to a raw receiver and compares. Anything
+this path does not know (a composed webhook, a plugin's signer or transport, a delivery id that
+is not plain hex, a URL the client refuses) goes the general way.
+"""
+
+from __future__ import annotations
+
+import time
+
+from relay.config import Webhook
+from relay.delivery.attempt import Attempts, Run, describe_send_error, parse_retry_after
+from relay.delivery.deadlines import Slot
+from relay.model import Outcome, PermanentFailure
+from relay.plugins import Components
+from relay.plugins.builtin.http_transport import HTTPTransport
+from relay.plugins.builtin.plain import JSON
+from relay.plugins.builtin.signature import keyed, sign, unsigned
+
+BUILTIN_RENDERERS = frozenset({"relay.plugins.builtin.plain", "relay.plugins.builtin.compose"})
+CONTENT_TYPE = f"{JSON[0][0]}: {JSON[0][1]}"
+
+
+class Plan:
+    """What every request of one plain webhook shares: the head up to the delivery's own
+    headers, the signing key's HMAC state, and the client that sends them."""
+
+    __slots__ = ("webhook", "client", "target", "head", "mac")
+
+    def __init__(self, webhook: Webhook, client, signed: bool):
+        self.webhook = webhook
+        self.client = client
+        self.target = client.target("POST", webhook.url)  # PermanentFailure: the general way
+        self.head = self.target.head_start + f"{CONTENT_TYPE}\r\n".encode("ascii")
+        self.mac = keyed(webhook.signing_key) if signed else None
+
+
+class Plans:
+    """Which webhooks take the flat path, and their plans, worked out once per webhook (a
+    reload's new webhook is looked at anew)."""
+
+    def __init__(self, attempts: Attempts, components: Components, transports: dict):
+        self.components = components
+        self.transports = transports
+        # Plugins are fixed while the relay runs: if one takes part in any attempt, no attempt
+        # is flat.
+        self.possible = (
+            not attempts.preparers
+            and not attempts.observers
+            and {name for name, _ in attempts.renderers} <= BUILTIN_RENDERERS
+        )
+        self._plans: dict[str, Plan | None] = {}
+
+    def get(self, webhook: Webhook) -> Plan | None:
+        plan = self._plans.get(webhook.id)
+        if plan is None or plan.webhook is not webhook:
+            if not self.possible:
+                return None
+            plan = self._plans[webhook.id] = self._plan(webhook)
+        return plan
+
+    def _plan(self, webhook: Webhook) -> Plan | None:
+        signer = self.components.signers.get(webhook.signer)
+        transport = self.transports.get(webhook.transport)
+        if (
+            webhook.template is not None
+            or signer not in (sign, unsigned)
+            or type(transport) is not HTTPTransport
+        ):
+            return None
+        try:
+            return Plan(webhook, transport.client, signed=signer is sign)
+        except PermanentFailure:
+            return None
+
+
+async def attempt(plan: Plan, run: Run, slot: Slot) -> None:
+    """Send ``run``'s delivery as a plain webhook, noting in ``run`` the header lines (for its
+    record), the answer and the outcome. The slot's deadline cuts it short (trio.Cancelled,
+    and no outcome in ``run``)."""
+    delivery = run.delivery
+    body = delivery.event.body
+    delivery_id = delivery.id
+    if plan.mac is not None:
+        mac = plan.mac.copy()
+        mac.update(body)
+        signature = mac.hexdigest()
+        headers = f"Relay-Delivery-Id: {delivery_id}\r\nSignature: {signature}\r\n"
+        run.lines = f"{CONTENT_TYPE}\nRelay-Delivery-Id: {delivery_id}\nSignature: {signature}"
+    else:
+        headers = f"Relay-Delivery-Id: {delivery_id}\r\n"
+        run.lines = f"{CONTENT_TYPE}\nRelay-Delivery-Id: {delivery_id}"
+    data = b"".join(
+        (plan.head, headers.encode(), b"Content-Length: %d\r\n\r\n" % len(body), body)
+    )
+    webhook = plan.webhook
+    run.url = webhook.url
+    deadline = slot.arm(webhook.timeout)
+    try:
+        answer = await plan.client.exchange(plan.target, data, deadline)
+    except PermanentFailure as e:
+        run.outcome = Outcome(duration=run.elapsed(), error=str(e), permanent=True)
+        return
+    except Exception as e:  # noqa: BLE001 - a failed send is an outcome, not a crash
+        run.outcome = Outcome(duration=run.elapsed(), error=describe_send_error(e))
+        return
+    finally:
+        slot.disarm()
+    run.answer = answer
+    status = answer.status
+    retry_after = None
+    if status == 429 or status == 503:
+        value = answer.headers.get(b"retry-after")
+        if value is not None:
+            retry_after = parse_retry_after(value.decode("latin-1"), time.time())
+    run.outcome = Outcome(duration=run.elapsed(), status=status, retry_after=retry_after)
+
+
+def takes(delivery_id: str) -> bool:
+    """Whether a delivery id can go on the wire as it is: relay's own ids are 32 hex digits
+    (relay/ingest/events.py); anything else is checked by the general path's encoder."""
+    return delivery_id.isascii() and delivery_id.isalnum()
+
