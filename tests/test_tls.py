@@ -130,6 +130,17 @@ async def test_a_handshake_that_hangs_is_named_within_the_attempts_deadline(nurs
     assert failed is not None and "timed out after" in str(failed)
 
 
+async def test_a_handshake_that_hangs_is_named_within_a_deadline_given_as_a_time(nursery):
+    """relay's own attempt is cut off by its lane's watchdog, not a scope's deadline
+    (relay/delivery/deadlines.py): it tells the client when, and the handshake times out just
+    before, saying so."""
+    url = await start_raw_server(nursery, silent)
+    client = HTTPClient()
+    started = trio.current_time()
+    with trio.fail_after(5), pytest.raises(TLSError, match=r"timed out after 0\.[34] s"):
+        await client.exchange(client.target("POST", url), b"", started + 0.5)
+
+
 async def test_the_attempt_records_what_failed_not_broken_resource_error(start_relay, nursery, ca):
     url = await start_tls_server(nursery, server_context(ca, "self-signed"))
     running = await start_relay(
