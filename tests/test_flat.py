@@ -22,8 +22,8 @@ from relay.delivery.deadlines import Watchdog
 from relay.delivery.flat import Plans
 from relay.plugins import Components, hookimpl, make_plugin_manager
 from tests.conftest import (
-    RecordingTransport,
     Receiver,
+    RecordingTransport,
     make_config,
     post_event,
     relay_of,
@@ -62,7 +62,7 @@ class Wire:
     async def start(self, nursery) -> Wire:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         await nursery.start(trio.serve_listeners, self.serve, listeners)
-        self.url = "http://127.0.0.1:%d/hook?x=1" % listeners[0].socket.getsockname()[1]
+        self.url = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}/hook?x=1"
         return self
 
 
@@ -221,9 +221,7 @@ def outcomes(relay) -> list[tuple]:
         ).fetchall()
 
 
-async def test_no_answer_within_3_s_fails_and_retries_10_s_later(
-    nursery, tmp_path, autojump_clock
-):
+async def test_no_answer_within_3_s_fails_and_retries_10_s_later(nursery, tmp_path, autojump_clock):
     receiver = await start_receiver(nursery, Receiver(hang=5.0))
     relay = await start_on(nursery, tmp_path, receiver, tries=2)
     await post_event(relay)

@@ -103,9 +103,7 @@ async def attempt(plan: Plan, run: Run, slot: Slot) -> None:
     else:
         headers = f"Relay-Delivery-Id: {delivery_id}\r\n"
         run.lines = f"{CONTENT_TYPE}\nRelay-Delivery-Id: {delivery_id}"
-    data = b"".join(
-        (plan.head, headers.encode(), b"Content-Length: %d\r\n\r\n" % len(body), body)
-    )
+    data = b"".join((plan.head, headers.encode(), b"Content-Length: %d\r\n\r\n" % len(body), body))
     webhook = plan.webhook
     run.url = webhook.url
     deadline = slot.arm(webhook.timeout)
@@ -133,4 +131,3 @@ def takes(delivery_id: str) -> bool:
     """Whether a delivery id can go on the wire as it is: relay's own ids are 32 hex digits
     (relay/ingest/events.py); anything else is checked by the general path's encoder."""
     return delivery_id.isascii() and delivery_id.isalnum()
-
