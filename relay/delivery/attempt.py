@@ -10,6 +10,9 @@ cancelled when the attempt ends, however it ends. The nursery's cancel scope is 
 deadline: ``webhook.timeout`` seconds from the moment the transport's send starts. When no hook
 names ``attempt``, the attempt has that cancel scope alone: a nursery no hook can reach could
 hold nothing, and would cost a trip through trio's scheduler.
+
+When no plugin takes part at all (a plain webhook, relay's own signer and transport), relay
+makes the attempt its own way instead (relay/delivery/flat.py), to the same bytes and records.
 """
 
 from __future__ import annotations

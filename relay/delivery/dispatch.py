@@ -1,11 +1,12 @@
 """Getting deliveries attempted: a lane per webhook, and a scheduler that wakes sleeping ones.
 
 Each webhook has its own lane: a bounded queue and ``concurrency`` workers in the lane's
-nursery, each making one attempt at a time. Each attempt has a nursery of its own, inside the
-worker (attempt.py): what its hooks start there ends with the attempt, never lives on in the
-lane. A webhook that hangs fills its own lane and nothing else; memory holds at most
-``queue + concurrency`` deliveries per webhook, however large the backlog, because whatever
-finds no room stays asleep in the journal.
+nursery, each making one attempt at a time: relay's own (flat.py) when no plugin takes part,
+else through the hooks (attempt.py), where each attempt has a nursery of its own, inside the
+worker: what its hooks start there ends with the attempt, never lives on in the lane. A webhook
+that hangs fills its own lane and nothing else; memory holds at most ``queue + concurrency``
+deliveries per webhook, however large the backlog, because whatever finds no room stays asleep
+in the journal.
 
 Fresh deliveries go from ingest straight into their lane (no journal round trip). Failed
 attempts go to sleep in the journal until their retry is due; the scheduler claims due ones as
