@@ -16,6 +16,7 @@ import sqlite3
 import pytest
 import trio
 
+from relay import config as config_module
 from relay.config import Webhook
 from relay.delivery.attempt import Attempts
 from relay.delivery.deadlines import Watchdog
@@ -38,7 +39,7 @@ class Wire:
     def __init__(self, answer: bytes):
         self.answer = answer
         self.requests: list[bytes] = []
-        self.url = ""
+        self.origin = ""
 
     async def serve(self, stream: trio.SocketStream) -> None:
         buffer = b""
@@ -49,9 +50,12 @@ class Wire:
                 buffer += data
             head = buffer[:end].decode("latin-1")
             length = next(
-                int(line.split(":", 1)[1])
-                for line in head.split("\r\n")
-                if line.lower().startswith("content-length:")
+                (
+                    int(line.split(":", 1)[1])
+                    for line in head.split("\r\n")
+                    if line.lower().startswith("content-length:")
+                ),
+                0,  # a GET has none
             )
             while len(buffer) < end + 4 + length:
                 buffer += await stream.receive_some(65536)
@@ -62,7 +66,7 @@ class Wire:
     async def start(self, nursery) -> Wire:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         await nursery.start(trio.serve_listeners, self.serve, listeners)
-        self.url = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}/hook?x=1"
+        self.origin = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
         return self
 
 
@@ -82,21 +86,38 @@ ECHOING_ANSWER = (
 )
 
 
-async def both_ways(nursery, tmp_path, webhook: dict, answer: bytes):
+async def both_ways(nursery, tmp_path, webhook: dict, answer: bytes, secrets=None):
     """Each relay's request as the receiver read it, its records in the journal, and whether
-    its webhook took the flat path; the delivery's id replaced by ``ID``."""
+    its webhook took the flat path; the delivery's id replaced by ``ID``. ``{origin}`` in the
+    webhook's ``url`` is the receiver's."""
     results = []
     wire = await Wire(answer).start(nursery)  # one for both: the Host header names its port
+    url = webhook.get("url", "{origin}/hook?x=1").replace("{origin}", wire.origin)
     for name, plugins in (("flat", ()), ("hooks", (ThroughTheHooks(),))):
-        config = make_config(tmp_path / name, [{"id": "crm", "url": wire.url, **webhook}])
+        config = config_module.parse(
+            {
+                "relay": {
+                    "listen": "127.0.0.1:0",
+                    "state_dir": str(tmp_path / name / "state"),
+                    "delivery": "inline",
+                    "allow_networks": ["127.0.0.0/8"],
+                },
+                "webhooks": [{"id": "crm", **webhook, "url": url}],
+                "secrets": secrets or {},
+            },
+            (tmp_path / "relay.toml").absolute(),
+        )
         relay = relay_of(config, plugins)
         await nursery.start(relay.run)
         await post_event(relay)
         with trio.fail_after(10):
             while not attempts(relay):
                 await trio.sleep(0.01)
-        (delivery_id, request, response, status), *_ = attempts(relay)
+        (delivery_id, request, response, status, error), *_ = attempts(relay)
         flat = relay.dispatcher.plans.get(relay.config.webhooks[0]) is not None
+        if error is not None:  # nothing was sent
+            results.append((flat, request, response, status, error))
+            continue
         id_ = delivery_id.encode()
         sent = wire.requests[-1].replace(id_, b"ID")
         results.append((flat, sent, request.replace(id_, b"ID"), response, status))
@@ -106,7 +127,7 @@ async def both_ways(nursery, tmp_path, webhook: dict, answer: bytes):
 def attempts(relay) -> list[tuple]:
     with sqlite3.connect(relay.config.relay.state_dir / "journal.sqlite3") as conn:
         return conn.execute(
-            "SELECT delivery_id, request, response, status FROM attempts ORDER BY number"
+            "SELECT delivery_id, request, response, status, error FROM attempts ORDER BY number"
         ).fetchall()
 
 
@@ -136,6 +157,48 @@ async def test_both_paths_send_and_record_the_same(nursery, tmp_path, webhook, a
     if answer is ECHOING_ANSWER:
         assert b"session=abc" not in response  # Set-Cookie is masked in the record
         assert webhook["secret"].encode() not in response + request
+
+
+COMPOSED = {
+    "json": {
+        "method": "POST",
+        "url": "{origin}/ack/receive?id=@{{payload.id}}&key=%token%",
+        "headers": {"Authorization": "Bearer %token%", "X-Status": "@{{payload.status}}"},
+        "body": {"id": "@{{payload.id}}", "status": "@{{payload.status}}", "t": "%token%"},
+        "secret": "s3cr3t",
+    },
+    "get": {  # bodiless: signed over its method and request target
+        "method": "GET",
+        "url": "{origin}/users/@{{payload.id}}?status=@{{payload.status}}",
+        "headers": {"X-Id": "@{{payload.id}}"},
+    },
+    "form": {
+        "body": {"id": "@{{payload.id}}", "s": ["a", "@{{payload.status}}"]},
+        "body_format": "form",
+    },
+    "multipart": {"body": {"id": "@{{payload.id}}"}, "body_format": "multipart", "signer": "none"},
+    "relay's header": {"headers": {"Relay-Delivery-Id": "mine", "signature": "mine"}, "body": {}},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(COMPOSED))
+async def test_both_paths_send_and_record_the_same_composed(nursery, tmp_path, kind, monkeypatch):
+    monkeypatch.setenv("FLAT_TOKEN", "t0ken-t0ken")
+    secrets = {"token": {"env": "FLAT_TOKEN"}}
+    flat, hooks = await both_ways(nursery, tmp_path, COMPOSED[kind], ECHOING_ANSWER, secrets)
+    assert flat[0] and not hooks[0]
+    assert flat[1:] == hooks[1:]
+    sent, request, response, _ = flat[1:]
+    assert b"\r\nRelay-Delivery-Id: ID\r\n" in sent and b"mine" not in sent
+    assert b"t0ken-t0ken" not in request + response  # the secret is masked in the records
+
+
+async def test_both_paths_fail_an_event_the_template_cannot_render_alike(nursery, tmp_path):
+    webhook = {"body": {"missing": "@{{payload.nothing}}"}, "on_missing": "fail"}
+    flat, hooks = await both_ways(nursery, tmp_path, webhook, PLAIN_ANSWER)
+    assert flat[0] and not hooks[0]
+    assert flat[1:] == hooks[1:]
+    assert flat[1:4] == (None, None, None) and "payload.nothing" in flat[4]
 
 
 def plans_for(tmp_path, webhook: dict, plugins=()) -> tuple[Plans, Webhook]:
@@ -179,7 +242,7 @@ class SendsItsOwn:
     [
         ({}, (), True),
         ({"signer": "none"}, (), True),
-        ({"method": "POST", "body": {"id": "@{{payload.id}}"}}, (), False),  # composed
+        ({"method": "POST", "body": {"id": "@{{payload.id}}"}}, (), True),  # composed
         ({}, (ThroughTheHooks(),), False),
         ({}, (Observes(),), False),
         ({}, (RendersItsOwn(),), False),

@@ -37,6 +37,7 @@ import re
 from urllib.parse import quote, quote_plus, unquote_plus, urlsplit
 
 from relay.config import Webhook
+from relay.delivery.attempt import Run
 from relay.model import Delivery, Request, Response
 
 BODY_KEPT = 4096  # bytes of a body kept, the request's and the answer's
@@ -156,6 +157,29 @@ class Capture:
         sent, hidden = masker.request(request, delivery.event.body)
         return sent, (None if response is None else masker.response(response, hidden))
 
+    def of(self, run: Run) -> tuple[bytes | None, bytes | None]:
+        """Both records of ``run``'s attempt: from the messages the hooks made, or from what
+        relay's own attempt (relay/delivery/flat.py) sent, its header lines or a composed
+        webhook's request, and the answer as the wire gave it."""
+        masker = self.masker(run.webhook)
+        body = run.delivery.event.body
+        hidden: list[str] = []
+        if run.lines is not None:
+            if masker.from_secrets or masker.holds_secret(run.lines):  # rare: header by header
+                request = Request("POST", run.url, tuple(_pairs(run.lines)), body)
+                sent, hidden = masker.request(request, body)
+            else:
+                sent = masker.lines("POST", run.url, run.lines, body, body)
+        elif run.request is not None:
+            sent, hidden = masker.request(run.request, body)
+        else:  # none could be built: nothing was sent, nothing answered
+            return None, None
+        if run.answer is not None:
+            return sent, masker.answer(run.answer.head, run.answer.body, hidden)
+        if run.response is not None:
+            return sent, masker.response(run.response, hidden)
+        return sent, None
+
     def masker(self, webhook: Webhook) -> Masker:
         masker = self._maskers.get(webhook.id)
         if masker is None or masker.webhook is not webhook:
@@ -256,6 +280,13 @@ class Masker:
         elif self.form_bytes:
             body = _scrub(body[: BODY_KEPT + self.longest], self.form_bytes)
         return head + b"\r\n\r\n" + body[:BODY_KEPT]
+
+
+def _pairs(lines: str):
+    """The header pairs of relay's own attempt's lines (``name: value`` per line)."""
+    for line in lines.split("\n"):
+        name, _, value = line.partition(": ")
+        yield name, value
 
 
 def _mask_head(head: bytes) -> bytes:

@@ -35,7 +35,7 @@ from relay.delivery.replays import Replays
 from relay.delivery.stats import DeliveryStats
 from relay.journal import Journal, JournalError
 from relay.journal.states import WebhookState
-from relay.model import Delivery, Outcome, Request
+from relay.model import Delivery, Outcome
 from relay.plugins import Components
 
 log = logging.getLogger(__name__)
@@ -293,7 +293,7 @@ class Dispatcher:
             delay = self._retry_delay(webhook, delivery, outcome)
             if delay is not None:
                 next_at = started_at + outcome.duration + delay
-        sent, answer = self._records(run)
+        sent, answer = self.capture.of(run)
         ordered = webhook.order_by is not None
         await self.journal.record_attempt(
             delivery,
@@ -317,20 +317,6 @@ class Dispatcher:
             self.health.succeeded(webhook)
         else:
             await self._failed(webhook, run.url, outcome, started_at)
-
-    def _records(self, run: Run) -> tuple[bytes | None, bytes | None]:
-        """What the journal keeps of the request and the answer (relay/delivery/capture.py)."""
-        if run.lines is None:  # the general path's, from its messages
-            return self.capture(run.webhook, run.delivery, run.request, run.response)
-        masker = self.capture.masker(run.webhook)
-        body = run.delivery.event.body
-        if masker.from_secrets or masker.holds_secret(run.lines):  # rare: mask header by header
-            request = Request("POST", run.url, tuple(_headers(run.lines)), body)
-            sent, hidden = masker.request(request, body)
-        else:
-            sent, hidden = masker.lines("POST", run.url, run.lines, body, body), []
-        answer = run.answer
-        return sent, (None if answer is None else masker.answer(answer.head, answer.body, hidden))
 
     async def _failed(self, webhook, url, outcome, started_at) -> None:
         reason = self.health.failed(webhook, url, outcome.status, started_at)
@@ -356,10 +342,3 @@ class Dispatcher:
                 extra=delivery_fields(webhook.id, delivery),
             )
             return webhook.backoff.first if attempt < webhook.tries else None
-
-
-def _headers(lines: str):
-    """The header pairs of relay's own attempt's lines (``name: value`` per line)."""
-    for line in lines.split("\n"):
-        name, _, value = line.partition(": ")
-        yield name, value

@@ -213,9 +213,12 @@ class HTTPClient:
         return target
 
     async def send(self, request: Request) -> Response:
+        return (await self.ask(request)).response()
+
+    async def ask(self, request: Request, deadline: float = math.inf) -> Answer:
+        """``send``'s answer as the wire gave it (``deadline``: as for ``exchange``)."""
         target = self.target(request.method, request.url)
-        answer = await self.exchange(target, encode_head(target, request) + request.body)
-        return answer.response()
+        return await self.exchange(target, encode_head(target, request) + request.body, deadline)
 
     async def exchange(self, target: Target, data: bytes, deadline: float = math.inf) -> Answer:
         """Send ``data``, a whole request for ``target`` (head and body), on a pooled
