@@ -13,20 +13,26 @@ deliveries that a relay held in memory are recovered by the first run on the new
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 from attrs import Factory, define
 
 from relay.journal import integrity
 from relay.journal import sqlite as journal_sql
+from relay.journal.damaged import STEP, Bad, readable_rows
 
-STEP = 500  # rows per range read, and per transaction written
-GIVE_UP = 20  # steps in a row that read nothing, past the last readable row of a cut table
 EVENTS = "id, name, body, received_at"
 DELIVERIES = (
-    "id, event_id, webhook_id, state, attempts, next_at, created_at, updated_at, last_outcome"
+    "id, event_id, webhook_id, state, attempts, next_at, created_at, updated_at, last_outcome,"
+    " order_key, attempt_base"
 )
+ATTEMPTS = "delivery_id, number, started_at, duration, status, error, request, response"
+# Small tables copied whole, where the source has them (schema 3): who replayed what, and the
+# webhooks switched off (a salvage must not switch them back on).
+WHOLE = {
+    "replays": "delivery_id, replayed_at, by, attempts_before",
+    "webhook_state": "webhook_id, enabled, reason, changed_at",
+}
 
 
 class SalvageError(Exception):
@@ -107,7 +113,7 @@ def salvage(source: Path, dest_dir: Path) -> Salvaged:
         dest = journal_sql.connect(dest_dir, start_run=False)
         try:
             _copy_rows(src, dest, "events", EVENTS, report)
-            _copy_rows(src, dest, "deliveries", DELIVERIES, report)
+            _copy_rows(src, dest, "deliveries", _present(src, "deliveries", DELIVERIES), report)
             with dest:
                 # A delivery whose event is gone cannot be sent; one whose state is not one of
                 # the three came off a damaged page that still parsed.
@@ -119,6 +125,8 @@ def salvage(source: Path, dest_dir: Path) -> Salvaged:
             report.copied["deliveries"] -= orphans
             _copy_attempts(src, dest, report)
             _copy_bindings(src, dest, report)
+            for table, columns in WHOLE.items():
+                _copy_whole(src, dest, table, _present(src, table, columns), report)
         finally:
             dest.close()
     finally:
@@ -168,9 +176,9 @@ def _copy_rows(src, dest, table: str, columns: str, report: Salvaged) -> None:
     unreadable = report.unreadable.setdefault(table, [])
     marks = ", ".join("?" * (columns.count(",") + 2))
     insert = f"INSERT INTO {table} (rowid, {columns}) VALUES ({marks})"
-    copied, bad = 0, _Bad()
+    copied, bad = 0, Bad()
     chunk: list[tuple] = []
-    for row in _rows(src, table, columns, unreadable, bad):
+    for row in readable_rows(src, table, columns, unreadable, bad):
         chunk.append(row)
         if len(chunk) >= STEP:
             copied += _insert(dest, insert, chunk, unreadable)
@@ -178,105 +186,6 @@ def _copy_rows(src, dest, table: str, columns: str, report: Salvaged) -> None:
     copied += _insert(dest, insert, chunk, unreadable)
     unreadable[:0] = bad.ranges()
     report.copied[table] = copied
-
-
-class _Bad:
-    """Rowids that could not be read (or do not exist: a damaged page hides which), and the
-    first error, reported as ranges."""
-
-    def __init__(self):
-        self.rowids: list[int] = []
-        self.error = ""
-
-    def add(self, rowid: int, error: Exception) -> None:
-        self.rowids.append(rowid)
-        self.error = self.error or str(error)
-
-    def ranges(self) -> list[str]:
-        out: list[list[int]] = []
-        for rowid in self.rowids:
-            if out and out[-1][1] == rowid - 1:
-                out[-1][1] = rowid
-            else:
-                out.append([rowid, rowid])
-        return [f"rowids {a}-{b} ({self.error})" for a, b in out]
-
-
-def _rows(src, table: str, columns: str, unreadable: list[str], bad: _Bad) -> Iterator[tuple]:
-    """Every readable row, ``STEP`` rowids at a time. When the highest rowid cannot be read
-    (a file cut short loses the table's last pages), step on until ``GIVE_UP`` steps in a row
-    read nothing, jumping over gaps that read as empty (retention deletes the oldest rows)."""
-    low, high = _rowid_bounds(src, table)
-    after, failing = low - 1, 0
-    while high is None or after < high:
-        upto = after + STEP if high is None else min(after + STEP, high)
-        rows = list(_range(src, table, columns, after, upto, bad))
-        yield from rows
-        if high is None and not rows:
-            try:
-                (following,) = src.execute(
-                    f"SELECT min(rowid) FROM {table} WHERE rowid > ?", (upto,)
-                ).fetchone()
-            except sqlite3.DatabaseError:
-                failing += 1
-                if failing >= GIVE_UP:
-                    unreadable.append(f"rowids past {upto}: the end of the table is unreadable")
-                    return
-            else:
-                if following is None:
-                    return
-                upto, failing = following - 1, 0
-        elif rows:
-            failing = 0
-        after = upto
-
-
-def _rowid_bounds(src, table: str) -> tuple[int, int | None]:
-    """The lowest and highest rowids: through the table's b-tree, else through an index (its
-    entries hold the rowids); 1 and None (not known) where neither can be read."""
-    try:
-        indexes = src.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?", (table,)
-        ).fetchall()
-    except sqlite3.DatabaseError:
-        indexes = []
-    sources = [table] + [f"{table} INDEXED BY {name}" for (name,) in indexes]
-    bounds: list[int | None] = []
-    for function in ("min", "max"):
-        for source in sources:
-            try:
-                (found,) = src.execute(f"SELECT {function}(rowid) FROM {source}").fetchone()
-            except sqlite3.DatabaseError:
-                continue
-            bounds.append(0 if found is None else found)
-            break
-        else:
-            bounds.append(None)
-    low, high = bounds
-    return (1 if low is None else low), high
-
-
-def _range(src, table, columns, after: int, upto: int, bad: _Bad) -> Iterator[tuple]:
-    """The rows with rowids in ``(after, upto]``; where reading fails, the rows before the
-    failure, then each half of the rest on its own, down to single rows."""
-    got: list[tuple] = []
-    query = f"SELECT rowid, {columns} FROM {table} WHERE rowid > ? AND rowid <= ? ORDER BY rowid"
-    try:
-        for row in src.execute(query, (after, upto)):
-            got.append(row)
-    except sqlite3.DatabaseError as e:
-        yield from got
-        if got:
-            after = got[-1][0]
-        if upto - after <= 1:
-            if upto > after:
-                bad.add(upto, e)
-            return
-        middle = (after + upto) // 2
-        yield from _range(src, table, columns, after, middle, bad)
-        yield from _range(src, table, columns, middle, upto, bad)
-        return
-    yield from got
 
 
 def _insert(dest, sql: str, rows: list[tuple], unreadable: list[str]) -> int:
@@ -312,8 +221,9 @@ def _transaction(conn, work) -> None:
 def _copy_attempts(src, dest, report: Salvaged) -> None:
     """Attempts by the ids of the deliveries copied (the table has no rowids to range over);
     a chunk that fails is read one delivery at a time."""
-    columns = "delivery_id, number, started_at, duration, status, error"
-    insert = f"INSERT OR REPLACE INTO attempts ({columns}) VALUES (?, ?, ?, ?, ?, ?)"
+    columns = _present(src, "attempts", ATTEMPTS)
+    marks = ", ".join("?" * len(columns.split(", ")))
+    insert = f"INSERT OR REPLACE INTO attempts ({columns}) VALUES ({marks})"
     select = f"SELECT {columns} FROM attempts"
     ids = [
         i for (i,) in dest.execute("SELECT id FROM deliveries WHERE attempts > 0 ORDER BY rowid")
@@ -384,3 +294,28 @@ def _copy_bindings(src, dest, report: Salvaged) -> None:
         f" past it, their expiry index listed {listed:,} more, {lost:,} of them unreadable"
     )
     report.copied["bindings"] = copied
+
+
+def _copy_whole(src, dest, table: str, columns: str, report: Salvaged) -> None:
+    """A small table, its rows up to the first that cannot be read."""
+    if not columns:  # an older schema: the table is not there
+        return
+    unreadable = report.unreadable.setdefault(table, [])
+    rows: list[tuple] = []
+    try:
+        rows.extend(src.execute(f"SELECT {columns} FROM {table}"))
+    except sqlite3.DatabaseError as e:
+        unreadable.append(f"{table} past its first {len(rows):,} rows ({e})")
+    marks = ", ".join("?" * len(columns.split(", ")))
+    insert = f"INSERT OR REPLACE INTO {table} ({columns}) VALUES ({marks})"
+    report.copied[table] = _insert(dest, insert, rows, unreadable)
+
+
+def _present(src, table: str, columns: str) -> str:
+    """Those of ``columns`` the source's ``table`` has (an older schema lacks the newer ones;
+    the new journal's defaults fill them); "" when it has no such table."""
+    try:
+        have = {row[1] for row in src.execute(f"PRAGMA table_info({table})")}
+    except sqlite3.DatabaseError:
+        return columns  # the schema cannot be read: the rows will say what can be
+    return ", ".join(c for c in columns.split(", ") if c in have)
