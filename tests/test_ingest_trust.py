@@ -369,10 +369,15 @@ async def test_the_commands_that_post_over_tcp_send_the_token(tmp_path, monkeypa
     assert refused.returncode == 1
     assert "HTTP 401: this relay's ingest listener needs Authorization" in refused.stderr
     assert "relay send sends the ingest_token of the relay.toml it reads" in refused.stderr
+    assert "with --url alone $RELAY_INGEST_TOKEN" in refused.stderr
+    monkeypatch.setenv("RELAY_INGEST_TOKEN", TOKEN)  # --url alone: the token from there
+    sent = await trio.to_thread.run_sync(cli, "send", str(events), "--url", url)
+    assert sent.returncode == 0, sent.stderr
+    monkeypatch.delenv("RELAY_INGEST_TOKEN")
     reloaded = await trio.to_thread.run_sync(cli, "reload", "-c", str(path))
     assert reloaded.returncode == 0, reloaded.stderr
     assert reloaded.stdout.startswith("reloaded: 1 webhook(s)")
     daemon.process.terminate()
     assert await daemon.wait() == 0
-    assert journaled(tmp_path / "state") == 2 * len(seed_events())
+    assert journaled(tmp_path / "state") == 3 * len(seed_events())
     assert TOKEN not in daemon.log.read_text()

@@ -4,6 +4,7 @@ option, reaching a running relay, and ``CommandError``, which ends a command wit
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -64,12 +65,16 @@ def ingest_request(config, method: str, path: str) -> httpx.Response:
         return client.request(method, path)
 
 
+TOKEN_VARIABLE = "RELAY_INGEST_TOKEN"  # the ingest token of a relay reached by --url alone
+
+
 def relay_client(
     config=None, *, socket: Path | None = None, url: str | None = None, timeout: float = 30
 ) -> httpx.Client:
     """A client for a running relay: at ``socket`` or ``url`` when given, else where ``config``
     says (its Unix socket when it has one, else its TCP port); over TCP with the config's
-    ``ingest_token`` when it has one (the socket needs none)."""
+    ``ingest_token`` when it has one, else ``$RELAY_INGEST_TOKEN`` when set (where relay.toml's
+    example reads it from: ``--url`` without a configuration); the socket needs none."""
     import httpx
 
     if socket is None and url is None:
@@ -85,8 +90,11 @@ def relay_client(
         transport, base = httpx.HTTPTransport(uds=str(socket)), "http://relay"
     else:
         transport, base = None, url.rstrip("/")
-        if config is not None and config.relay.ingest_token is not None:
-            headers["Authorization"] = f"Bearer {config.relay.ingest_token}"
+        token = config.relay.ingest_token if config is not None else None
+        if token is None:
+            token = os.environ.get(TOKEN_VARIABLE) or None
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
     return httpx.Client(transport=transport, base_url=base, headers=headers, timeout=timeout)
 
 

@@ -165,8 +165,8 @@ def _rejected(batch: Batch, total: int, response: httpx.Response, answer) -> Non
         print(f"  {where}: {field + ': ' if field else ''}{reason}", file=sys.stderr)
     if response.status_code == 401:
         print(
-            "  relay send sends the ingest_token of the relay.toml it reads (-c; none with --url"
-            " alone)",
+            "  relay send sends the ingest_token of the relay.toml it reads (-c), or with --url"
+            " alone $RELAY_INGEST_TOKEN",
             file=sys.stderr,
         )
 
