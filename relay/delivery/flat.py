@@ -74,15 +74,15 @@ class Plans:
             and not attempts.observers
             and {name for name, _ in attempts.renderers} <= BUILTIN_RENDERERS
         )
-        self._plans: dict[str, Plan | None] = {}
+        # By webhook id: the webhook it was made for, and its plan (None: the hooks' path).
+        self._plans: dict[str, tuple[Webhook, Plan | None]] = {}
 
     def get(self, webhook: Webhook) -> Plan | None:
-        plan = self._plans.get(webhook.id)
-        if plan is None or plan.webhook is not webhook:
-            if not self.possible:
-                return None
-            plan = self._plans[webhook.id] = self._plan(webhook)
-        return plan
+        known = self._plans.get(webhook.id)
+        if known is None or known[0] is not webhook:
+            plan = self._plan(webhook) if self.possible else None
+            known = self._plans[webhook.id] = (webhook, plan)
+        return known[1]
 
     def _plan(self, webhook: Webhook) -> Plan | None:
         signer = self.components.signers.get(webhook.signer)
@@ -109,11 +109,11 @@ async def attempt(plan: Plan, run: Run, slot: Slot) -> None:
         mac = plan.mac.copy()
         mac.update(body)
         signature = mac.hexdigest()
-        headers = f"Relay-Delivery-Id: {delivery_id}\r\nSignature: {signature}\r\n"
-        run.lines = f"{CONTENT_TYPE}\nRelay-Delivery-Id: {delivery_id}\nSignature: {signature}"
+        headers = f"{DELIVERY_HEADER}: {delivery_id}\r\nSignature: {signature}\r\n"
+        run.lines = f"{CONTENT_TYPE}\n{DELIVERY_HEADER}: {delivery_id}\nSignature: {signature}"
     else:
-        headers = f"Relay-Delivery-Id: {delivery_id}\r\n"
-        run.lines = f"{CONTENT_TYPE}\nRelay-Delivery-Id: {delivery_id}"
+        headers = f"{DELIVERY_HEADER}: {delivery_id}\r\n"
+        run.lines = f"{CONTENT_TYPE}\n{DELIVERY_HEADER}: {delivery_id}"
     data = b"".join((plan.head, headers.encode(), b"Content-Length: %d\r\n\r\n" % len(body), body))
     run.url = plan.webhook.url
     await _send(run, slot, plan.client.exchange(plan.target, data, slot.arm(plan.webhook.timeout)))
