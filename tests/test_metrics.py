@@ -154,6 +154,34 @@ async def test_rejected_requests_are_counted_by_reason(tmp_path, nursery, receiv
     assert value(samples, "relay_events_accepted_total") == 1
 
 
+async def test_requests_the_gate_refuses_are_counted_too(tmp_path, nursery, receiver, monkeypatch):
+    monkeypatch.setenv("RELAY_TEST_TOKEN", "t0ken")
+    config = make_config(
+        tmp_path,
+        [{"id": "crm", "url": receiver.url}],
+        admin="127.0.0.1:0",
+        ingest_token={"env": "RELAY_TEST_TOKEN"},
+    )
+    relay = relay_of(config)
+    addresses = await nursery.start(relay.run)
+    ingest = next(a for a in addresses if not a.startswith("/"))
+    body = json.dumps(STATUS).encode()
+    json_type = {"content-type": "application/json"}
+    async with httpx.AsyncClient(base_url=f"http://{ingest}", headers=json_type) as client:
+        refused = [
+            await client.post("/events", content=body),  # no token
+            await client.post("/reports", content=b"{}", headers={"authorization": "Bearer x"}),
+            await client.post("/events", content=body, headers={"host": "evil.example"}),
+            await client.get("/healthz", headers={"host": "evil.example"}),  # not ingest
+        ]
+        ok = await client.post("/events", content=body, headers={"authorization": "Bearer t0ken"})
+    assert [r.status_code for r in refused] == [401, 401, 421, 421]
+    assert ok.status_code == 202
+    samples = await scrape(admin_url(relay))
+    assert value(samples, "relay_events_rejected_total", reason="unauthorized") == 2
+    assert value(samples, "relay_events_rejected_total", reason="misdirected") == 1
+
+
 async def test_pending_and_oldest_pending_age_come_from_the_journal(tmp_path, nursery):
     """Counted once at start from the journal, then kept: a second relay on the same journal
     sees what the first left pending, before it makes any attempt."""

@@ -25,6 +25,8 @@ REJECTIONS = (
     "too_large",  # 413: over [relay] max_body
     "unsupported_media_type",  # 415: not application/json
     "journal_unavailable",  # 503: the journal could not take it
+    "unauthorized",  # 401: over TCP without the ingest_token (relay/ingest/trust.py)
+    "misdirected",  # 421: a Host that does not name the listener (relay/ingest/trust.py)
 )
 
 

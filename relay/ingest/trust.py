@@ -31,4 +31,24 @@ def ingest_gates(listeners: list[trio.SocketListener], relay) -> dict:
     config: Config = relay.config
     hosts = Hosts.of(tcp, config.relay.listen, config.relay.allow_hosts, hint=HINT)
     gate = Admission(hosts, token=lambda: relay.config.relay.ingest_token, bearer=BEARER, open=OPEN)
-    return dict.fromkeys(tcp, gate)
+    return dict.fromkeys(tcp, Counted(gate, relay.ingest_stats))
+
+
+class Counted:
+    """A gate whose refusals of ingest requests (``/events``, ``/reports``) count in
+    relay_events_rejected_total, as ``unauthorized`` (401) and ``misdirected`` (421): a sender
+    with a stale token, or a page in a browser trying the port, shows there like any other
+    rejected request."""
+
+    REASONS = {401: "unauthorized", 421: "misdirected"}
+    INGEST = (b"/events", b"/reports")
+
+    def __init__(self, gate: Admission, stats):
+        self.gate = gate
+        self.stats = stats
+
+    def __call__(self, method: bytes, target: bytes, headers: dict[bytes, bytes]):
+        refusal = self.gate(method, target, headers)
+        if refusal is not None and target.partition(b"?")[0] in self.INGEST:
+            self.stats.refused(self.REASONS[refusal[0]])
+        return refusal
