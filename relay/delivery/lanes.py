@@ -122,9 +122,9 @@ class Lane:
         deadlines.py): when its watchdog cuts an attempt short, the spent scope is left, the
         attempt concluded outside it, and the next attempts run in a new one."""
         slot = self.watchdog.slot()
+        run = None  # the attempt begun and not yet concluded
         try:
             while True:
-                run = None
                 with slot.scope:
                     while (delivery := await self._next()) is not None:
                         if not await self._admit(delivery):
@@ -134,8 +134,8 @@ class Lane:
                         await self._dispatcher.attempt(run, slot)
                         if slot.spent:  # cut as it ended: nothing more may wait in this scope
                             break
-                        await self._conclude(run)
-                        run = None
+                        ended, run = run, None
+                        await self._conclude(ended)
                         if self.workers > self.webhook.concurrency:  # a reload lowered it
                             self.workers -= 1
                             return
@@ -143,9 +143,12 @@ class Lane:
                         return  # the queue is closed
                 slot.renew()
                 if run is not None:
-                    await self._conclude(run)
+                    ended, run = run, None
+                    await self._conclude(ended)
         finally:
             self.watchdog.release(slot)
+            if run is not None:  # the lane was cancelled in the middle of it
+                self.busy -= 1
 
     async def _admit(self, delivery: Delivery) -> bool:
         """Whether to attempt ``delivery`` now; if not, it waits elsewhere (the journal, or
