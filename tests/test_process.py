@@ -232,3 +232,34 @@ async def next_run_delivers_it_again(receiver, config) -> None:
     finally:
         restarted.process.terminate()
         assert await restarted.wait() == 0
+
+
+async def test_events_larger_than_the_pipe_reach_the_delivery_process_whole(tmp_path, nursery):
+    """The relay writes a hand-over straight into the delivery process's pipe when the pipe is
+    idle (relay/delivery/remote.py); what a full pipe did not take must follow, whole, before
+    anything after it. Each event here is larger than a pipe holds (64 KB)."""
+    from tests.conftest import start_receiver
+
+    receiver = await start_receiver(nursery)
+    daemon = await Daemon(write_config(tmp_path, receiver.url)).start()
+    events = [
+        {**STATUS, "payload": {**STATUS["payload"], "foreign_id": f"m{i}", "note": "ab"[i % 2] * n}}
+        for i, n in enumerate([300_000, 200_000, 70_000, 300_000, 100, 250_000])
+    ]
+
+    async def post(client: httpx.AsyncClient, event: dict) -> None:
+        assert (await client.post("/events", json=event)).status_code == 202
+
+    async with httpx.AsyncClient(base_url=daemon.url, timeout=30) as client:
+        async with trio.open_nursery() as senders:
+            for event in events:
+                senders.start_soon(post, client, event)
+    requests = await receiver.wait_for(len(events))
+    arrived = sorted(json.loads(r.body)["payload"]["foreign_id"] for r in requests)
+    assert arrived == sorted(e["payload"]["foreign_id"] for e in events)
+    by_id = {e["payload"]["foreign_id"]: e for e in events}
+    for r in requests:
+        body = json.loads(r.body)
+        assert body == by_id[body["payload"]["foreign_id"]]
+    daemon.process.terminate()
+    assert await daemon.wait() == 0

@@ -51,6 +51,10 @@ class RemoteDispatcher:
         self._commands: list[tuple] = []
         self._pending = self._pending_bytes = 0
         self._has_commands = trio.Event()
+        self._pipe: int | None = None  # the process's stdin, while it runs (see _command)
+        self._feeding = False  # _feed is in a send_all
+        self._wrote = False  # a command went straight to the pipe since _feed last ran
+        self._rest = b""  # what that write left for _feed to send
         self._in_flight = 0
         self.stats = DeliveryStats()  # the process's totals, as it last reported them
         self._reloaded = trio.Event()
@@ -94,7 +98,11 @@ class RemoteDispatcher:
             self.started = True
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._feed, process.stdin)
-                await self._serve(events, answers)
+                self._pipe = process.stdin.fileno()
+                try:
+                    await self._serve(events, answers)
+                finally:
+                    self._pipe = None
                 nursery.cancel_scope.cancel()
             status = await process.wait()
             if not self.stopping or status != 0:
@@ -147,20 +155,47 @@ class RemoteDispatcher:
         while True:
             await self._has_commands.wait()
             self._has_commands = trio.Event()
-            commands, self._commands = self._commands, []
-            self._pending = self._pending_bytes = 0
+            self._wrote = False
+            data, self._rest = self._rest, b""
+            if self._commands:
+                data += encode(self._commands)
+                self._commands = []
+                self._pending = self._pending_bytes = 0
+            if not data:
+                continue
+            self._feeding = True
             try:
-                await stdin.send_all(encode(commands))
+                await stdin.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return  # it died: _serve sees its output end
+            finally:
+                self._feeding = False
 
     def _wake(self) -> None:
         if not self.stopping and ("wake",) not in self._commands:
             self._command(("wake",))
 
     def _command(self, command: tuple) -> None:
+        """Queue ``command``. The first one since ``_feed`` last ran is written at once when the
+        pipe is idle: through ``_feed`` it waited for that task's turn and for send_all's own
+        checkpoint, two trips through the scheduler between a commit's answer and the delivery
+        process, for each event at paced rates. Those queued after it in the same turn (the
+        other appends of its commit) wait for ``_feed``, and go in one frame."""
         self._commands.append(command)
         self._has_commands.set()
+        if self._pipe is None or self._feeding or self._wrote:  # (a _rest implies _wrote)
+            return
+        data = encode(self._commands)
+        try:
+            sent = os.write(self._pipe, data)  # non-blocking: trio made it so
+        except BlockingIOError:
+            sent = 0
+        except OSError:  # it died: _feed meets the same error, and _serve its output's end
+            return
+        self._wrote = True
+        self._commands = []
+        self._pending = self._pending_bytes = 0
+        self._rest = data[sent:]
 
     # -- what the relay and ingest call, as on Dispatcher ---------------------------------
 

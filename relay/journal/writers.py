@@ -10,6 +10,7 @@ whose own notifications the relay need not hear.
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 from pathlib import Path
 
@@ -38,6 +39,7 @@ class ProcessWriter:
 
     def __init__(self, process: trio.Process):
         self.process = process
+        self._stdin = process.stdin.fileno()
         self._answers = FrameReader(process.stdout)
 
     @classmethod
@@ -65,7 +67,16 @@ class ProcessWriter:
         return writer
 
     async def run(self, batch: list[tuple[str, tuple]]) -> list[tuple[bool, object]]:
-        await self.process.stdin.send_all(encode(batch))
+        # Straight into the pipe (trio made it non-blocking): send_all would first wait for a
+        # turn of the scheduler, on every commit's path. What a full pipe does not take, or a
+        # dead writer refuses, goes through send_all, which waits or raises.
+        data = encode(batch)
+        try:
+            sent = os.write(self._stdin, data)
+        except OSError:
+            sent = 0
+        if sent < len(data):
+            await self.process.stdin.send_all(data[sent:])
         return await self._receive()
 
     async def _receive(self):
