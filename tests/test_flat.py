@@ -124,11 +124,10 @@ async def both_ways(nursery, tmp_path, webhook: dict, answer: bytes, secrets=Non
     return results
 
 
-def attempts(relay) -> list[tuple]:
+def attempts(relay, columns: str = "delivery_id, request, response, status, error") -> list:
+    """``columns`` of the relay's attempts, in their order."""
     with sqlite3.connect(relay.config.relay.state_dir / "journal.sqlite3") as conn:
-        return conn.execute(
-            "SELECT delivery_id, request, response, status, error FROM attempts ORDER BY number"
-        ).fetchall()
+        return conn.execute(f"SELECT {columns} FROM attempts ORDER BY number").fetchall()
 
 
 @pytest.mark.parametrize(
@@ -278,10 +277,7 @@ async def start_on(nursery, tmp_path, receiver: Receiver, **webhook):
 
 
 def outcomes(relay) -> list[tuple]:
-    with sqlite3.connect(relay.config.relay.state_dir / "journal.sqlite3") as conn:
-        return conn.execute(
-            "SELECT number, started_at, duration, status, error FROM attempts ORDER BY number"
-        ).fetchall()
+    return attempts(relay, "number, started_at, duration, status, error")
 
 
 async def test_no_answer_within_3_s_fails_and_retries_10_s_later(nursery, tmp_path, autojump_clock):
