@@ -11,8 +11,8 @@ deadline: ``webhook.timeout`` seconds from the moment the transport's send start
 names ``attempt``, the attempt has that cancel scope alone: a nursery no hook can reach could
 hold nothing, and would cost a trip through trio's scheduler.
 
-When no plugin takes part at all (a plain webhook, relay's own signer and transport), relay
-makes the attempt its own way instead (relay/delivery/flat.py), to the same bytes and records.
+When no plugin takes part at all (relay's own renderers, signer and transport), relay makes
+the attempt its own way instead (relay/delivery/flat.py), to the same bytes and records.
 """
 
 from __future__ import annotations
