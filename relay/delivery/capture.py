@@ -161,24 +161,21 @@ class Capture:
         """Both records of ``run``'s attempt: from the messages the hooks made, or from what
         relay's own attempt (relay/delivery/flat.py) sent, its header lines or a composed
         webhook's request, and the answer as the wire gave it."""
+        if run.lines is None and run.answer is None:  # the hooks' messages, or nothing sent
+            return self(run.webhook, run.delivery, run.request, run.response)
         masker = self.masker(run.webhook)
         body = run.delivery.event.body
         hidden: list[str] = []
-        if run.lines is not None:
-            if masker.from_secrets or masker.holds_secret(run.lines):  # rare: header by header
-                request = Request("POST", run.url, tuple(_pairs(run.lines)), body)
-                sent, hidden = masker.request(request, body)
-            else:
-                sent = masker.lines("POST", run.url, run.lines, body, body)
-        elif run.request is not None:
+        if run.lines is None:  # a composed webhook's request
             sent, hidden = masker.request(run.request, body)
-        else:  # none could be built: nothing was sent, nothing answered
-            return None, None
-        if run.answer is not None:
-            return sent, masker.answer(run.answer.head, run.answer.body, hidden)
-        if run.response is not None:
-            return sent, masker.response(run.response, hidden)
-        return sent, None
+        elif masker.from_secrets or masker.holds_secret(run.lines):  # rare: header by header
+            request = Request("POST", run.url, tuple(_pairs(run.lines)), body)
+            sent, hidden = masker.request(request, body)
+        else:
+            sent = masker.lines("POST", run.url, run.lines, body, body)
+        if run.answer is None:  # the deadline cut it short
+            return sent, None
+        return sent, masker.answer(run.answer.head, run.answer.body, hidden)
 
     def masker(self, webhook: Webhook) -> Masker:
         masker = self._maskers.get(webhook.id)
