@@ -272,6 +272,8 @@ async def test_the_admin_api_pages_shows_replays_and_names_bad_fields(tmp_path, 
         receiver.hang = 30
         await post(daemon, seed_events()[0])
         await receiver.wait_for(16)
+        # The delivered five reach the count with the delivery process's next report (0.5 s).
+        await wait_for_metric(url, "relay_deliveries_pending", 1, webhook="crm")
         (crm,) = (await get(url, "/api/status")).json()["webhooks"]
         assert crm["pending"] == 1
     finally:
