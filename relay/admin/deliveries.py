@@ -1,10 +1,11 @@
 """``GET /api/deliveries`` (``relay deliveries``' filters, a page at a time) and
 ``GET /api/deliveries/{id}`` (what ``relay deliveries show`` prints).
 
-Both read the journal file read-only in a thread (relay/journal/views.py, history.py), not
-through the relay's committer: a long listing or history then holds no commit, and so no ingest
-acknowledgement. Pages are keyset pages: ``before`` is the rowid the previous page ended at
-(its ``next_before``), so a page deep in a journal of millions costs what the first one does.
+Both read the journal read-only in a thread (relay/journal/views.py, history.py: the file, or
+the PostgreSQL database on a connection of their own), not through the relay's committer: a
+long listing or history then holds no commit, and so no ingest acknowledgement. Pages are
+keyset pages: ``before`` is the rowid (PostgreSQL: ``seq``) the previous page ended at (its
+``next_before``), so a page deep in a journal of millions costs what the first one does.
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ async def list_deliveries(admin, request: HTTPRequest, params: dict):
     rows = await trio.to_thread.run_sync(
         lambda: views.list_deliveries(
             relay.config.relay.state_dir,
+            url=relay.config.journal.url,
             state=state,
             webhook_id=args.get("webhook"),
             known_webhooks=known,
@@ -126,7 +128,9 @@ async def show(admin, request: HTTPRequest, params: dict):
     query(request, ())
     relay = admin.relay
     some_id = params["id"]
-    found = await trio.to_thread.run_sync(history, relay.config.relay.state_dir, some_id)
+    found = await trio.to_thread.run_sync(
+        lambda: history(relay.config.relay.state_dir, some_id, url=relay.config.journal.url)
+    )
     if found is None:
         return 404, {
             "error": f"no delivery or event {some_id[:80]!r} in the journal",

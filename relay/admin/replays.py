@@ -82,6 +82,7 @@ async def replay(admin, request: HTTPRequest, params: dict):
         ids = await trio.to_thread.run_sync(
             lambda: select(
                 relay.config.relay.state_dir,
+                url=relay.config.journal.url,
                 webhook_id=webhook_id,
                 state=state,
                 since=since,

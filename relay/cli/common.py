@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from relay import config as config_module
+from relay.journal import FILENAME
 from relay.plugins import PluginError, load_with_plugins
 
 if TYPE_CHECKING:  # imported where a command uses it: `relay run` never does (~0.35 s, ~4 MB)
@@ -22,6 +23,26 @@ class CommandError(Exception):
     def __init__(self, *lines: str, status: int = 2):
         self.lines = lines
         self.status = status
+
+
+def journal_name(config) -> str:
+    """Where the journal is, as messages name it: its file, or its database (password masked)."""
+    if config.journal.url is not None:
+        from relay.journal.engines import masked
+
+        return masked(config.journal.url)
+    return str(config.relay.state_dir / FILENAME)
+
+
+def no_journal(config, error: FileNotFoundError) -> CommandError:
+    """What a command that reads the journal says when there is none yet: the file it looked
+    for, or the database (pg_views.NoJournal's text names it, its password masked)."""
+    if config.journal.url is not None:
+        return CommandError(str(error))
+    return CommandError(
+        f"{config.relay.state_dir / FILENAME}: no journal there "
+        f"([relay] state_dir of {config.path.name}; it appears when the relay first runs)"
+    )
 
 
 def load(config_path: Path):

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from relay import config as config_module
 from relay.cli import show
-from relay.cli.common import CommandError, add_config_option
-from relay.journal import FILENAME, DeliveryRow, list_deliveries
+from relay.cli.common import add_config_option, no_journal
+from relay.journal import DeliveryRow, list_deliveries
 
 STATES = ("pending", "parked", "failed", "delivered", "all")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -112,12 +112,7 @@ def cmd_deliveries(args) -> int:
             limit=args.limit,
         )
     except FileNotFoundError as e:
-        if config.journal.url is not None:  # pg_views.NoJournal: its text names the database
-            raise CommandError(str(e)) from None
-        raise CommandError(
-            f"{config.relay.state_dir / FILENAME}: no journal there "
-            f"([relay] state_dir of {config.path.name}; it appears when the relay first runs)"
-        ) from None
+        raise no_journal(config, e) from None
     parked = [row.state == "pending" and row.webhook_id not in known for row in rows]
     if args.json:
         json.dump([_as_json(r, p) for r, p in zip(rows, parked, strict=True)], sys.stdout)

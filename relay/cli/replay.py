@@ -2,14 +2,16 @@
 each delivery gets a fresh attempt budget, and goes again as soon as its lane has room
 (relay/journal/replays.py, relay/delivery/replays.py).
 
-The deliveries are selected from the journal file (read-only, as ``relay deliveries`` reads it),
-then replayed 500 at a time, with a progress bar on a terminal: through the running relay's
-admin listener (``POST /api/replay``) when ``[relay] admin`` is set and a relay answers there,
-so that the relay's own journal writes them and its scheduler takes them at once; else straight
-into the journal file. Then, if a relay runs (it holds the state directory's lock), the command
-asks it to reload, which makes it look for replays; if none runs, the command holds the lock
-while it writes, and the next start sends them. A delivery a running relay holds in memory
-(queued or being attempted) is not replayed, and the command says so.
+The deliveries are selected from the journal (read-only, as ``relay deliveries`` reads it: the
+file, or the PostgreSQL database), then replayed 500 at a time, with a progress bar on a
+terminal: through the running relay's admin listener (``POST /api/replay``) when ``[relay]
+admin`` is set and a relay answers there, so that the relay's own journal writes them and its
+scheduler takes them at once; else straight into the journal. On SQLite, if a relay runs (it
+holds the state directory's lock), the command then asks it to reload, which makes it look for
+replays; if none runs, the command holds the lock while it writes, and the next start sends
+them. On PostgreSQL the database's notification has every relay on it look for them. A
+delivery a running relay holds in memory (queued or being attempted) is not replayed, and the
+command says so.
 """
 
 from __future__ import annotations
@@ -21,9 +23,15 @@ import time
 from collections.abc import Iterator
 
 from relay import config as config_module
-from relay.cli.common import CommandError, add_config_option, admin_request, ingest_request
+from relay.cli.common import (
+    CommandError,
+    add_config_option,
+    admin_request,
+    ingest_request,
+    journal_name,
+    no_journal,
+)
 from relay.cli.deliveries import when
-from relay.journal import FILENAME
 from relay.journal import lock as state_lock
 from relay.journal.history import resolve, select
 from relay.journal.replays import write_replays
@@ -58,22 +66,25 @@ def cmd_replay(args) -> int:
     if args.ids and (args.state or args.since is not None or args.until is not None):
         raise CommandError("relay replay: --state, --since and --until go with --webhook")
     config = config_module.load_for_admin(args.config)
-    state_dir = config.relay.state_dir
-    if not (state_dir / FILENAME).exists():
-        raise CommandError(
-            f"{state_dir / FILENAME}: no journal there "
-            f"([relay] state_dir of {config.path.name}; it appears when the relay first runs)"
-        )
+    state_dir, url = config.relay.state_dir, config.journal.url
     if args.webhook is not None and config.webhook(args.webhook) is None:
         known = ", ".join(w.id for w in config.webhooks) or "none"
         raise CommandError(f"{config.path.name}: no webhook {args.webhook!r} (webhooks: {known})")
     state = args.state or "failed"
-    if args.ids:
-        ids = resolve(state_dir, args.ids)
-    else:
-        ids = select(
-            state_dir, webhook_id=args.webhook, state=state, since=args.since, until=args.until
-        )
+    try:
+        if args.ids:
+            ids = resolve(state_dir, args.ids, url=url)
+        else:
+            ids = select(
+                state_dir,
+                webhook_id=args.webhook,
+                state=state,
+                since=args.since,
+                until=args.until,
+                url=url,
+            )
+    except FileNotFoundError as e:
+        raise no_journal(config, e) from None
     if not ids:
         print(f"nothing to replay: {args.webhook} has no {state} deliveries", file=sys.stderr)
         return 0
@@ -139,6 +150,8 @@ def _in_the_file(config, ids, by, dry_run, advance) -> tuple[tuple[list, list], 
     import httpx
 
     state_dir = config.relay.state_dir
+    if config.journal.url is not None:
+        return _in_the_database(config, ids, by, dry_run, advance)
     try:
         with state_lock.hold(state_dir):  # no relay runs: none can start meanwhile
             done, left = _write(state_dir, ids, by, held_ok=True, dry_run=dry_run, advance=advance)
@@ -159,6 +172,37 @@ def _in_the_file(config, ids, by, dry_run, advance) -> tuple[tuple[list, list], 
     replayed = [{"id": i, "webhook_id": w, "state": s, "attempts": a} for i, w, s, a in done]
     skipped = [{"id": i, "reason": reason} for i, reason in left]
     return (replayed, skipped), how
+
+
+def _in_the_database(config, ids, by, dry_run, advance) -> tuple[tuple[list, list], str]:
+    """Replayed straight into the shared PostgreSQL journal: its notification has every relay
+    on it look for replays, so none is asked to reload. What a relay holds in memory is
+    skipped; with this state directory's relay stopped, what it held is replayed once its
+    lease has expired (other relays' stays theirs)."""
+    from relay.journal import pg_replays
+
+    def write(held_ok: bool):
+        try:
+            return pg_replays.write_replays(
+                config.journal.url,
+                ids,
+                time.time(),
+                by,
+                held_ok=held_ok,
+                dry_run=dry_run,
+                progress=advance,
+            )
+        except Exception as e:  # noqa: BLE001 - psycopg's, its text scrubbed of the password
+            raise CommandError(f"{journal_name(config)}: cannot write the journal: {e}") from None
+
+    try:
+        with state_lock.hold(config.relay.state_dir):
+            done, left = write(held_ok=True)
+    except state_lock.StateDirLocked:
+        done, left = write(held_ok=False)
+    replayed = [{"id": i, "webhook_id": w, "state": s, "attempts": a} for i, w, s, a in done]
+    skipped = [{"id": i, "reason": reason} for i, reason in left]
+    return (replayed, skipped), "in the journal; every relay on it takes them"
 
 
 def _write(state_dir, ids, by, *, held_ok, dry_run, advance):

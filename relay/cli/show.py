@@ -21,11 +21,10 @@ import time
 import tomllib
 
 from relay import config as config_module
-from relay.cli.common import CommandError
+from relay.cli.common import CommandError, journal_name, no_journal
 from relay.compose import resolve_secrets
 from relay.delivery.capture import BODY_KEPT, secret_forms, webhook_secrets
 from relay.delivery.records import history_json
-from relay.journal import FILENAME
 from relay.journal.history import history
 
 
@@ -41,16 +40,12 @@ def add_arguments(parser) -> None:
 
 def cmd_show(args) -> int:
     config = config_module.load_for_admin(args.config)
-    state_dir = config.relay.state_dir
     try:
-        found = history(state_dir, args.id)
-    except FileNotFoundError:
-        raise CommandError(
-            f"{state_dir / FILENAME}: no journal there "
-            f"([relay] state_dir of {config.path.name}; it appears when the relay first runs)"
-        ) from None
+        found = history(config.relay.state_dir, args.id, url=config.journal.url)
+    except FileNotFoundError as e:
+        raise no_journal(config, e) from None
     if found is None:
-        raise CommandError(f"no delivery or event {args.id!r} in {state_dir / FILENAME}")
+        raise CommandError(f"no delivery or event {args.id!r} in {journal_name(config)}")
     shown = history_json(found, all_secrets(config), {w.id for w in config.webhooks})
     if args.json:
         json.dump(shown, sys.stdout, indent=2)

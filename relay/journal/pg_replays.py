@@ -21,8 +21,11 @@ and skips. What sharing adds:
 
 from __future__ import annotations
 
-from relay.journal.pg_batch import lock_keys
-from relay.journal.replays import BAND, IN_FLIGHT, UNKNOWN, WAITING, is_waiting
+from collections.abc import Callable, Sequence
+
+from relay.journal.pg_batch import PgJournal, lock_keys, run_batch
+from relay.journal.pg_schema import raw_connect
+from relay.journal.replays import BAND, BATCH, IN_FLIGHT, UNKNOWN, WAITING, is_waiting
 
 NOW = "extract(epoch from now())"
 INFINITY = float("inf")  # as postgresql.WAITING: waits for an earlier delivery of its key
@@ -119,3 +122,33 @@ def claim_replays(conn, webhook_id, now, limit):
 
 
 OPERATIONS = (replay, claim_replays)
+
+
+def write_replays(
+    url: str,
+    ids: Sequence[str],
+    now: float,
+    by: str,
+    *,
+    held_ok: bool,
+    dry_run: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[list[tuple], list[tuple]]:
+    """As replays.write_replays, in the shared database (``relay replay`` when no relay's admin
+    listener answers): ``BATCH`` a transaction, on a connection of its own. Each transaction's
+    NOTIFY has every running relay look for replays in its lanes: none needs a reload."""
+    journal = PgJournal(url, 0.0, None, raw_connect(url, autocommit=True))
+    replayed, skipped = [], []
+    try:
+        for start in range(0, len(ids), BATCH):
+            batch = list(ids[start : start + BATCH])
+            [(ok, result)] = run_batch(journal, [("replay", (batch, now, by, held_ok, dry_run))])
+            if not ok:
+                raise RuntimeError(result)  # its text is scrubbed of the URL's password
+            replayed += result[0]
+            skipped += result[1]
+            if progress is not None:
+                progress(len(batch))
+    finally:
+        journal.close()
+    return replayed, skipped

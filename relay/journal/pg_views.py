@@ -31,7 +31,7 @@ class NoJournal(FileNotFoundError):
     """The database holds no journal yet (no relay has started on it)."""
 
 
-def _reader(url: str):
+def reader(url: str):
     conn = raw_connect(url, autocommit=True)
     if version(conn)[0] == 0:
         conn.close()
@@ -48,12 +48,16 @@ def deliveries(
     event_id: str | None = None,
     since: float | None = None,
     until: float | None = None,
-    limit: int = 50,
+    limit: int | None = 50,
     before: int | None = None,
+    event_name: str | None = None,
+    lowest: int | None = None,
 ) -> list[tuple]:
-    """As views.deliveries: ``before`` and the rows' last column are ``seq`` (SQLite's rowid),
-    a waiting replay's ``next_at`` the time it was replayed."""
-    with _reader(url) as conn:
+    """As views.deliveries: ``before``, ``lowest`` and the rows' last column are ``seq``
+    (SQLite's rowid), a waiting replay's ``next_at`` the time it was replayed, ``limit`` None
+    no limit. ``event_name`` with a ``*`` is a pattern, as GLOB's on SQLite: ``*`` any text,
+    ``?`` one character."""
+    with reader(url) as conn:
         if event_id is not None:
             found = conn.execute(
                 "SELECT event_id FROM deliveries WHERE id = %s", (event_id,)
@@ -69,6 +73,12 @@ def deliveries(
             if value is not None:
                 where.append(f"{column} = %s")
                 params.append(value)
+        if event_name is not None:
+            where.append("e.name LIKE %s" if "*" in event_name else "e.name = %s")
+            params.append(_like(event_name) if "*" in event_name else event_name)
+        if lowest is not None:
+            where.append("d.seq >= %s")
+            params.append(lowest)
         if since is not None:
             where.append("d.seq >= %s AND d.created_at >= %s")
             params += [first_seq(conn, since), since]
@@ -86,6 +96,21 @@ def deliveries(
         )
         rows = conn.execute(sql, [*params, limit]).fetchall()
         return [(*r[:8], due_at(r[8]), *r[9:]) for r in rows]
+
+
+def _like(pattern: str) -> str:
+    """A GLOB pattern's ``*`` and ``?`` as LIKE's, LIKE's own wildcards taken literally."""
+    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
+
+
+def seq_range(url: str) -> tuple[int, int]:
+    """As views.rowid_range: the oldest and newest deliveries' ``seq`` (1 and 0: none)."""
+    with reader(url) as conn:
+        return conn.execute(
+            "SELECT COALESCE((SELECT MIN(seq) FROM deliveries), 1),"
+            " COALESCE((SELECT MAX(seq) FROM deliveries), 0)"
+        ).fetchone()
 
 
 def first_seq(conn, at: float, *, after: bool = False) -> int:
@@ -122,7 +147,7 @@ async def count_pending(url: str, *, task_status=trio.TASK_STATUS_IGNORED) -> di
 
 def read_states(url: str) -> list[tuple]:
     try:
-        conn = _reader(url)
+        conn = reader(url)
     except NoJournal:
         return []
     with conn:
@@ -153,7 +178,7 @@ def write_state(url: str, webhook_id, enabled, reason, changed_at) -> None:
 
 def pending_count(url: str, webhook_id: str) -> int:
     try:
-        conn = _reader(url)
+        conn = reader(url)
     except NoJournal:
         return 0
     with conn:

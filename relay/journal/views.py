@@ -44,19 +44,30 @@ def list_deliveries(state_dir: Path, *, url: str | None = None, **filters) -> li
 
 
 def page(
-    state_dir: Path, *, limit: int, before: int | None, scan: int | None, **filters
+    state_dir: Path,
+    *,
+    limit: int,
+    before: int | None,
+    scan: int | None,
+    url: str | None = None,
+    **filters,
 ) -> tuple[list[DeliveryRow], int | None]:
     """A page of ``list_deliveries`` and the cursor of the next (None: no more), for the web
     console. ``scan``: the most rowids one page walks, for filters no index answers (an event's
     name, a webhook among every state): a page of a rare name in a journal of millions ends
     after that many, with fewer rows and the cursor where it stopped, rather than walking the
-    whole journal before it answers."""
+    whole journal before it answers. On PostgreSQL (``url``) its ``seq`` stands for rowids."""
     lowest = oldest = None
     if scan is not None:
-        oldest, newest = rowid_range(state_dir)
+        if url is not None:
+            from relay.journal import pg_views
+
+            oldest, newest = pg_views.seq_range(url)
+        else:
+            oldest, newest = rowid_range(state_dir)
         top = before if before is not None else newest + 1
         lowest = max(oldest, top - scan)
-    rows = list_deliveries(state_dir, limit=limit, before=before, lowest=lowest, **filters)
+    rows = list_deliveries(state_dir, url=url, limit=limit, before=before, lowest=lowest, **filters)
     if len(rows) == limit:
         return rows, rows[-1].rowid
     return rows, lowest if lowest is not None and lowest > oldest else None

@@ -70,7 +70,11 @@ async def replay_many(view, params):
     for webhook_id in webhook_ids:
         ids += await trio.to_thread.run_sync(
             lambda w=webhook_id: select(
-                relay.config.relay.state_dir, webhook_id=w, state=state, **window
+                relay.config.relay.state_dir,
+                webhook_id=w,
+                state=state,
+                url=relay.config.journal.url,
+                **window,
             )
         )
     values["selected"] = len(ids)

@@ -149,6 +149,7 @@ async def deliveries(view, params):
             rows, next_before = await trio.to_thread.run_sync(
                 lambda: views.page(
                     relay.config.relay.state_dir,
+                    url=relay.config.journal.url,
                     limit=PAGE,
                     before=int(before) if before else None,
                     scan=SCAN if unindexed else None,
@@ -189,7 +190,9 @@ async def delivery(view, params):
     relay = view.relay
     some_id = params["id"]
     try:
-        found = await trio.to_thread.run_sync(history, relay.config.relay.state_dir, some_id)
+        found = await trio.to_thread.run_sync(
+            lambda: history(relay.config.relay.state_dir, some_id, url=relay.config.journal.url)
+        )
     except FileNotFoundError:
         found = None
     if found is None:

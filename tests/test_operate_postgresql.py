@@ -1,0 +1,143 @@
+"""The operator's side on a shared PostgreSQL journal, against a real daemon: the admin API's
+listing, history and replay by webhook, the console's pages, and `relay deliveries show` and
+`relay replay`, each reading (and writing) the database, not a SQLite file in state_dir."""
+
+import json
+
+import httpx
+import psycopg
+import trio
+
+from tests.admin import get
+from tests.cli import relay_cli
+from tests.conftest import seed_events, start_receiver
+from tests.daemon import Daemon
+from tests.test_admin import free_port
+from tests.test_operate import post, until_listed, write_relay
+
+
+def on_postgresql(tmp_path, receiver_url: str, url: str, *, admin: int | None = None):
+    return write_relay(tmp_path, receiver_url, admin=admin, extra=f'[journal]\nurl = "{url}"\n')
+
+
+def marked(n: int) -> dict:
+    status = seed_events()[0]
+    return {**status, "payload": {**status["payload"], "id": f"wamid.{n}"}}
+
+
+async def test_the_admin_api_and_the_console_read_and_replay_the_shared_journal(
+    tmp_path, nursery, postgresql_url
+):
+    receiver = await start_receiver(nursery)
+    receiver.statuses = [500] * 6  # three events, two tries each
+    port = free_port()
+    config = on_postgresql(tmp_path, receiver.url, postgresql_url, admin=port)
+    url = f"http://127.0.0.1:{port}"
+    daemon = await Daemon(config).start()
+    try:
+        ids = await post(daemon, [marked(n) for n in range(3)])
+        rows = await until_listed(config, 3, "--state", "failed")
+        assert not (tmp_path / "state" / "journal.sqlite3").exists()
+
+        first = (await get(url, "/api/deliveries", params={"state": "failed", "limit": 2})).json()
+        rest = await get(
+            url, "/api/deliveries", params={"state": "failed", "before": first["next_before"]}
+        )
+        listed = [row["id"] for row in first["deliveries"] + rest.json()["deliveries"]]
+        assert listed == [row["id"] for row in rows]  # newest first, none twice
+        assert rest.json()["next_before"] is None
+
+        delivery_id = rows[-1]["id"]  # the first event's
+        shown = (await get(url, f"/api/deliveries/{ids[0]}")).json()
+        assert shown["event"]["id"] == ids[0]
+        (delivery,) = shown["deliveries"]
+        assert delivery["id"] == delivery_id and delivery["state"] == "failed"
+        attempts = delivery["history"]
+        assert [a["status"] for a in attempts] == [500, 500]
+        assert attempts[0]["response"]["status_line"].startswith("HTTP/1.1 500")
+        command = await relay_cli("deliveries", "show", delivery_id, "--json", "-c", config)
+        assert command.returncode == 0, command.stderr
+        assert (await get(url, f"/api/deliveries/{delivery_id}")).json() == json.loads(
+            command.stdout
+        )
+
+        async with httpx.AsyncClient(base_url=url, timeout=10) as browser:
+            page = await browser.get(
+                "/console/deliveries", params={"state": "failed", "event": "whatsapp:*:status"}
+            )
+            assert page.status_code == 200
+            assert all(row["id"] in page.text for row in rows)
+            none = await browser.get(
+                "/console/deliveries", params={"state": "failed", "event": "whatsapp:*:in"}
+            )
+            assert none.status_code == 200 and rows[0]["id"] not in none.text
+            # LIKE's own wildcards are the name's characters: "%" matches only itself.
+            literal = await browser.get(
+                "/console/deliveries", params={"state": "failed", "event": "whatsapp%*"}
+            )
+            assert literal.status_code == 200 and rows[0]["id"] not in literal.text
+            one = await browser.get(f"/console/deliveries/{delivery_id}")
+            assert one.status_code == 200 and delivery_id in one.text and "500" in one.text
+
+        receiver.statuses = []
+        answer = await get(
+            url, "/api/replay", method="POST", json={"webhook": "crm", "since": 0, "by": "ops"}
+        )
+        assert answer.status_code == 200, answer.text
+        assert sorted(r["id"] for r in answer.json()["replayed"]) == sorted(listed)
+        await receiver.wait_for(9)
+        await until_listed(config, 3, "--state", "delivered")
+    finally:
+        daemon.process.kill()
+        await daemon.wait()
+
+
+async def test_relay_replay_writes_the_database_and_the_running_relay_takes_it_unasked(
+    tmp_path, nursery, postgresql_url
+):
+    """No admin listener: the command writes the replay into the database, whose notification
+    reaches the running relay (no reload); stopped, its deliveries are replayed for the next
+    start, and `relay deliveries show` reads them there."""
+    receiver = await start_receiver(nursery)
+    receiver.statuses = [500] * 4
+    config = on_postgresql(tmp_path, receiver.url, postgresql_url)
+    daemon = await Daemon(config).start()
+    try:
+        await post(daemon, [marked(n) for n in range(2)])
+        rows = await until_listed(config, 2, "--state", "failed")
+        receiver.statuses = [200]
+        replay = await relay_cli("replay", rows[0]["id"], "-c", config)
+        assert replay.returncode == 0, replay.stderr
+        assert "replayed 1 delivery" in replay.stdout
+        assert "in the journal; every relay on it takes them" in replay.stdout
+        (request,) = (await receiver.wait_for(5))[4:]
+        assert request.header("relay-delivery-id") == rows[0]["id"]
+        await until_listed(config, 1, "--state", "delivered")
+    finally:
+        daemon.process.terminate()
+        assert await daemon.wait() == 0
+
+    again = await relay_cli("replay", "--webhook", "crm", "-c", config)
+    assert again.returncode == 0, again.stderr
+    assert "replayed 1 delivery" in again.stdout
+    shown = await relay_cli("deliveries", "show", rows[1]["id"], "--json", "-c", config)
+    assert shown.returncode == 0, shown.stderr
+    shown = json.loads(shown.stdout)
+    (delivery,) = shown["deliveries"]
+    assert delivery["state"] == "pending" and delivery["replays"][0]["attempts_before"] == 2
+    with psycopg.connect(postgresql_url) as conn:
+        assert conn.execute("SELECT count(*) FROM replays").fetchone() == (2,)
+
+    missing = await relay_cli("deliveries", "show", "nope", "-c", config)
+    assert missing.returncode != 0
+    assert "no delivery or event 'nope' in postgresql://" in missing.stderr
+    assert "journal.sqlite3" not in missing.stderr
+
+    daemon = await Daemon(config).start()  # the next start sends what was replayed meanwhile
+    try:
+        with trio.fail_after(20):
+            while rows[1]["id"] not in [r.header("relay-delivery-id") for r in receiver.requests]:
+                await trio.sleep(0.05)
+    finally:
+        daemon.process.terminate()
+        await daemon.wait()
