@@ -1,6 +1,7 @@
 """The operator's side on a shared PostgreSQL journal, against a real daemon: the admin API's
-listing, history and replay by webhook, the console's pages, and `relay deliveries show` and
-`relay replay`, each reading (and writing) the database, not a SQLite file in state_dir."""
+listing, history and replay by webhook, the console's pages, `relay_journal_bytes`, and `relay
+deliveries show` and `relay replay`, each reading (and writing) the database, not a SQLite
+file in state_dir."""
 
 import json
 
@@ -8,7 +9,7 @@ import httpx
 import psycopg
 import trio
 
-from tests.admin import get
+from tests.admin import get, scrape, value
 from tests.cli import relay_cli
 from tests.conftest import seed_events, start_receiver
 from tests.daemon import Daemon
@@ -38,6 +39,7 @@ async def test_the_admin_api_and_the_console_read_and_replay_the_shared_journal(
         ids = await post(daemon, [marked(n) for n in range(3)])
         rows = await until_listed(config, 3, "--state", "failed")
         assert not (tmp_path / "state" / "journal.sqlite3").exists()
+        assert value(await scrape(url), "relay_journal_bytes") > 100_000  # its tables' pages
 
         first = (await get(url, "/api/deliveries", params={"state": "failed", "limit": 2})).json()
         rest = await get(

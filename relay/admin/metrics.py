@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 
+import trio
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -38,12 +39,14 @@ class Metrics:
         self.relay = relay
         self.registry = CollectorRegistry(auto_describe=False)
         self._states: list[WebhookState] = []
+        self._size = 0
         self.registry.register(self)
 
     async def render(self, request: HTTPRequest) -> Reply:
         states = await webhook_states(self.relay)
+        size = await _journal_bytes(self.relay)
         # No await from here on: a concurrent scrape cannot swap the states under this one.
-        self._states = states
+        self._states, self._size = states, size
         encode, content_type = choose_encoder(request.headers.get("accept", ""))
         return Reply(encode(self.registry), content_type)
 
@@ -71,7 +74,10 @@ class Metrics:
         yield from self._delivery()
         yield from self._webhooks()
         yield GaugeMetricFamily(
-            "relay_journal_bytes", "Size of the journal's file and its WAL.", _journal_bytes(relay)
+            "relay_journal_bytes",
+            "Size of the journal: its file and WAL (SQLite), its tables and their indexes"
+            " (PostgreSQL).",
+            self._size,
         )
 
     def _delivery(self):
@@ -134,7 +140,11 @@ class Metrics:
         yield enabled
 
 
-def _journal_bytes(relay) -> int:
+async def _journal_bytes(relay) -> int:
+    if (url := relay.config.journal.url) is not None:  # on a connection of its own
+        from relay.journal import pg_views
+
+        return await trio.to_thread.run_sync(pg_views.journal_bytes, url)
     path = relay.config.relay.state_dir / FILENAME
     total = 0
     for name in (path, path.with_name(path.name + "-wal")):

@@ -113,6 +113,34 @@ def seq_range(url: str) -> tuple[int, int]:
         ).fetchone()
 
 
+JOURNAL_TABLES = (
+    "journal_schema",
+    "events",
+    "deliveries",
+    "attempts",
+    "bindings",
+    "webhook_state",
+    "runs",
+    "replays",
+)
+
+
+def journal_bytes(url: str) -> int:
+    """The journal's tables with their indexes and TOAST (``relay_journal_bytes``): not the
+    whole database, which may hold more than the journal."""
+    try:
+        conn = reader(url)
+    except NoJournal:
+        return 0
+    with conn:
+        return conn.execute(
+            # to_regclass: as the journal's own statements find them (search_path).
+            "SELECT COALESCE(SUM(pg_total_relation_size(to_regclass(t))), 0)::bigint"
+            " FROM unnest(%s::text[]) AS t",
+            (list(JOURNAL_TABLES),),
+        ).fetchone()[0]
+
+
 def first_seq(conn, at: float, *, after: bool = False) -> int:
     """As views.first_rowid: where deliveries created at ``at`` (``after``: later) begin."""
     low, high = conn.execute(
