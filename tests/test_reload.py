@@ -1,23 +1,16 @@
 """Live reload of the real daemon: SIGHUP and `relay reload`, nothing in flight lost."""
 
 import signal
-import subprocess
-import sys
 
 import httpx
 import pytest
 import trio
 
+from tests.cli import relay_cli
 from tests.conftest import seed_events, start_receiver
 from tests.daemon import Daemon, add_plugin, webhook_toml, write_config
 
 STATUS = seed_events()[0]
-
-
-def relay_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "relay", *args], capture_output=True, text=True, timeout=30
-    )
 
 
 async def post(daemon: Daemon, body) -> httpx.Response:
@@ -65,7 +58,7 @@ async def test_a_fixed_url_takes_effect_on_the_next_retry(tmp_path, nursery, run
     if how == "sighup":
         daemon.process.send_signal(signal.SIGHUP)
     else:
-        result = relay_cli("reload", "--config", str(config))
+        result = await relay_cli("reload", "--config", str(config))
         assert result.returncode == 0, result.stderr
         assert "reloaded: 1 webhook(s)" in result.stdout
     (request,) = await fixed.wait_for(1)
@@ -80,7 +73,7 @@ async def test_an_invalid_config_changes_nothing(tmp_path, nursery, running):
     good = config.read_text()
     config.write_text(good.replace('id = "crm"', 'id = "crm"\nsecret = 42\ntimeout = -1'))
 
-    result = relay_cli("reload", "--config", str(config))
+    result = await relay_cli("reload", "--config", str(config))
     assert result.returncode == 1
     assert "relay.toml: webhooks[0].secret: expected a string" in result.stderr
     daemon.process.send_signal(signal.SIGHUP)
@@ -111,7 +104,7 @@ async def test_a_transport_the_delivery_process_cannot_open_rejects_the_reload(
         config.read_text() + webhook_toml("new", receiver.url) + 'transport = "broken"\n'
     )
 
-    result = relay_cli("reload", "--config", str(config))
+    result = await relay_cli("reload", "--config", str(config))
     assert result.returncode == 1
     assert "RuntimeError: cannot reach the broker" in result.stderr
     assert (await health(daemon))["webhooks"] == 1  # neither process changed
@@ -130,7 +123,7 @@ async def test_a_removed_webhook_is_parked_and_resumes_when_it_returns(tmp_path,
     await receiver.wait_for(2)
 
     config.write_text(config.read_text().replace(webhook_toml("crm", receiver.url), ""))
-    result = relay_cli("reload", "--config", str(config))
+    result = await relay_cli("reload", "--config", str(config))
     assert result.returncode == 0, result.stderr
     assert "removed: crm" in result.stdout
     await trio.sleep(0.5)  # several retry periods: nothing goes to a removed webhook
@@ -138,7 +131,7 @@ async def test_a_removed_webhook_is_parked_and_resumes_when_it_returns(tmp_path,
     await trio.sleep(0.5)
     assert len(receiver.requests) == seen
 
-    listed = relay_cli("deliveries", "--config", str(config), "--state", "parked")
+    listed = await relay_cli("deliveries", "--config", str(config), "--state", "parked")
     assert listed.returncode == 0, listed.stderr
     assert listed.stdout.count(" crm ") == 2
 
@@ -156,7 +149,7 @@ async def test_an_added_webhook_receives_new_events_at_once(tmp_path, nursery, r
     config = write_config(tmp_path, first.url)
     daemon = await running(config)
     config.write_text(config.read_text() + webhook_toml("added", added.url))
-    assert relay_cli("reload", "--config", str(config)).returncode == 0
+    assert (await relay_cli("reload", "--config", str(config))).returncode == 0
     assert (await post(daemon, STATUS)).status_code == 202
     await first.wait_for(1)
     await added.wait_for(1)
