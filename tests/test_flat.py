@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
+from types import SimpleNamespace
 
 import pytest
 import trio
@@ -21,6 +22,8 @@ from relay.config import Webhook
 from relay.delivery.attempt import Attempts
 from relay.delivery.deadlines import Watchdog
 from relay.delivery.flat import Plans
+from relay.delivery.lanes import Lane
+from relay.model import Delivery, Event
 from relay.plugins import Components, hookimpl, make_plugin_manager
 from tests.conftest import (
     Receiver,
@@ -347,3 +350,48 @@ async def test_the_watchdog_cuts_only_what_is_overdue(autojump_clock):
         nursery.cancel_scope.cancel()
     assert cut == {"shortened": 6.0, "slow": 30.0}
     assert watchdog.sleeping_until in (math.inf, -math.inf)
+
+
+class AnsweredAsCut:
+    """A dispatcher whose first attempt gets its answer just as the watchdog cuts it: the
+    deadline passes while the answer is being read (a shielded wait stands for the read that
+    cannot be interrupted), and the attempt ends normally, its outcome set, in a scope whose
+    cancel was called. Every other attempt is quick. What the lane then concludes is noted;
+    concluding awaits, as the real one does (the journal's queue)."""
+
+    def __init__(self):
+        self.scopes: list[trio.CancelScope] = []
+        self.concluded: list[tuple[str, str]] = []
+
+    def begin(self, webhook, delivery):
+        return SimpleNamespace(delivery=delivery, outcome=None)
+
+    async def attempt(self, run, slot) -> None:
+        self.scopes.append(slot.scope)
+        first = len(self.scopes) == 1
+        slot.arm(3.0)
+        with trio.CancelScope(shield=True):
+            await trio.sleep(3.5 if first else 0.1)
+        run.outcome = "answered"  # no checkpoint from here to the return: nothing raised
+        slot.disarm()
+
+    async def conclude(self, run) -> None:
+        await trio.sleep(0)  # in a spent scope this raises Cancelled, and the outcome is lost
+        self.concluded.append((run.delivery.id, run.outcome))
+
+
+async def test_an_attempt_answered_as_its_deadline_passes_is_concluded_with_its_answer(
+    tmp_path, autojump_clock
+):
+    config = make_config(tmp_path, [{"id": "crm", "url": "http://127.0.0.1:9/", "concurrency": 1}])
+    lane = Lane(config.webhooks[0], queue=8)
+    dispatcher = AnsweredAsCut()
+    lane.offer([Delivery(f"d{n}", "crm", Event(f"e{n}", "x", b"{}", 0.0)) for n in range(3)])
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lane.run, dispatcher)
+        await trio.sleep(10)
+        assert dispatcher.scopes[0].cancel_called  # the watchdog did cut the first one
+        lane.stop()
+    assert dispatcher.concluded == [("d0", "answered"), ("d1", "answered"), ("d2", "answered")]
+    assert dispatcher.scopes[1] is not dispatcher.scopes[0]  # the next ones in a new scope
+    assert dispatcher.scopes[2] is dispatcher.scopes[1] and lane.busy == 0
