@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 
 from relay.journal.pg_batch import PgJournal, lock_keys, run_batch
 from relay.journal.pg_schema import raw_connect
-from relay.journal.replays import BAND, BATCH, IN_FLIGHT, UNKNOWN, WAITING, is_waiting
+from relay.journal.replays import BAND, IN_FLIGHT, UNKNOWN, WAITING, in_batches, is_waiting
 
 NOW = "extract(epoch from now())"
 INFINITY = float("inf")  # as postgresql.WAITING: waits for an earlier delivery of its key
@@ -138,17 +138,14 @@ def write_replays(
     listener answers): ``BATCH`` a transaction, on a connection of its own. Each transaction's
     NOTIFY has every running relay look for replays in its lanes: none needs a reload."""
     journal = PgJournal(url, 0.0, None, raw_connect(url, autocommit=True))
-    replayed, skipped = [], []
+
+    def one(batch: list[str]) -> tuple[list[tuple], list[tuple]]:
+        [(ok, result)] = run_batch(journal, [("replay", (batch, now, by, held_ok, dry_run))])
+        if not ok:
+            raise RuntimeError(result)  # its text is scrubbed of the URL's password
+        return result
+
     try:
-        for start in range(0, len(ids), BATCH):
-            batch = list(ids[start : start + BATCH])
-            [(ok, result)] = run_batch(journal, [("replay", (batch, now, by, held_ok, dry_run))])
-            if not ok:
-                raise RuntimeError(result)  # its text is scrubbed of the URL's password
-            replayed += result[0]
-            skipped += result[1]
-            if progress is not None:
-                progress(len(batch))
+        return in_batches(ids, one, progress)
     finally:
         journal.close()
-    return replayed, skipped

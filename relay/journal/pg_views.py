@@ -125,20 +125,26 @@ JOURNAL_TABLES = (
 )
 
 
-def journal_bytes(url: str) -> int:
-    """The journal's tables with their indexes and TOAST (``relay_journal_bytes``): not the
-    whole database, which may hold more than the journal."""
+def _number(url: str, sql: str, params: tuple) -> int:
+    """What ``sql`` counts; 0 while the database holds no journal yet."""
     try:
         conn = reader(url)
     except NoJournal:
         return 0
     with conn:
-        return conn.execute(
-            # to_regclass: as the journal's own statements find them (search_path).
-            "SELECT COALESCE(SUM(pg_total_relation_size(to_regclass(t))), 0)::bigint"
-            " FROM unnest(%s::text[]) AS t",
-            (list(JOURNAL_TABLES),),
-        ).fetchone()[0]
+        return conn.execute(sql, params).fetchone()[0]
+
+
+def journal_bytes(url: str) -> int:
+    """The journal's tables with their indexes and TOAST (``relay_journal_bytes``): not the
+    whole database, which may hold more than the journal."""
+    return _number(
+        url,
+        # to_regclass: as the journal's own statements find them (search_path).
+        "SELECT COALESCE(SUM(pg_total_relation_size(to_regclass(t))), 0)::bigint"
+        " FROM unnest(%s::text[]) AS t",
+        (list(JOURNAL_TABLES),),
+    )
 
 
 def first_seq(conn, at: float, *, after: bool = False) -> int:
@@ -205,15 +211,11 @@ def write_state(url: str, webhook_id, enabled, reason, changed_at) -> None:
 
 
 def pending_count(url: str, webhook_id: str) -> int:
-    try:
-        conn = reader(url)
-    except NoJournal:
-        return 0
-    with conn:
-        return conn.execute(
-            "SELECT COUNT(*) FROM deliveries WHERE state = 'pending' AND webhook_id = %s",
-            (webhook_id,),
-        ).fetchone()[0]
+    return _number(
+        url,
+        "SELECT COUNT(*) FROM deliveries WHERE state = 'pending' AND webhook_id = %s",
+        (webhook_id,),
+    )
 
 
 def check(url: str) -> tuple[bool, list[str]]:

@@ -176,20 +176,35 @@ def write_replays(
     from relay.journal import schema
 
     conn = schema.connect(state_dir, start_run=False)
-    replayed, skipped = [], []
+
+    def one(batch: list[str]) -> tuple[list[tuple], list[tuple]]:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            done = replay(conn, batch, now, by, held_ok, dry_run)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return done
+
     try:
-        for start in range(0, len(ids), BATCH):
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                done, left = replay(conn, ids[start : start + BATCH], now, by, held_ok, dry_run)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            replayed += done
-            skipped += left
-            if progress is not None:
-                progress(len(done) + len(left))
+        return in_batches(ids, one, progress)
     finally:
         conn.close()
+
+
+def in_batches(
+    ids: Sequence[str],
+    one: Callable[[list[str]], tuple[list[tuple], list[tuple]]],
+    progress: Callable[[int], None] | None,
+) -> tuple[list[tuple], list[tuple]]:
+    """``one(batch)`` for each ``BATCH`` of ``ids`` (a transaction each), its replayed and
+    skipped gathered; ``progress(n)`` after each."""
+    replayed, skipped = [], []
+    for start in range(0, len(ids), BATCH):
+        done, left = one(list(ids[start : start + BATCH]))
+        replayed += done
+        skipped += left
+        if progress is not None:
+            progress(len(done) + len(left))
     return replayed, skipped
