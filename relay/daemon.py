@@ -103,8 +103,10 @@ class Relay:
         self.started_at = self.clock.now()
         try:
             async with trio.open_nursery() as nursery:
-                if relay.admin:  # for it alone; relay/admin/status.py says why once
-                    await nursery.start(self._count_pending)
+                if relay.admin and self.config.journal.url is None:  # relay/admin/status.py
+                    await nursery.start(self._count_pending)  # says why (and why not on PG)
+                else:
+                    self.pending_counted.set()
                 if relay.delivery == "process":
                     self.dispatcher = RemoteDispatcher(self.config, journal, self.clock)
                     self._dispatch_scope = trio.CancelScope()
@@ -135,9 +137,7 @@ class Relay:
         """As the journal is now, before this run writes (started() once that is fixed), and
         read beside it while the relay starts."""
         state_dir = self.config.relay.state_dir
-        self.pending_at_start = await count_pending(
-            state_dir, url=self.config.journal.url, task_status=task_status
-        )
+        self.pending_at_start = await count_pending(state_dir, task_status=task_status)
         self.pending_counted.set()
 
     async def _recover(self, previous_run: int) -> None:

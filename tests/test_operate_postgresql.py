@@ -9,7 +9,7 @@ import httpx
 import psycopg
 import trio
 
-from tests.admin import get, scrape, value
+from tests.admin import get, scrape, value, wait_for_metric
 from tests.cli import relay_cli
 from tests.conftest import seed_events, start_receiver
 from tests.daemon import Daemon
@@ -143,3 +143,40 @@ async def test_relay_replay_writes_the_database_and_the_running_relay_takes_it_u
     finally:
         daemon.process.terminate()
         await daemon.wait()
+
+
+async def test_every_relay_on_the_journal_counts_the_pending_deliveries_of_all(
+    tmp_path, nursery, postgresql_url
+):
+    """Relay A takes events for a webhook it has disabled in its relay.toml: it keeps them
+    asleep in the journal, and relay B, whose crm is enabled, delivers them. A's counts kept
+    by itself would say 3 pending for ever; both say what the database holds."""
+    receiver = await start_receiver(nursery)
+    relays, urls = [], []
+    for name, extra in (("a", "enabled = false\n"), ("b", "")):
+        where = tmp_path / name
+        where.mkdir()
+        port = free_port()
+        urls.append(f"http://127.0.0.1:{port}")
+        journal = f'[journal]\nurl = "{postgresql_url}"\n'
+        relays.append(
+            await Daemon(
+                write_relay(where, receiver.url, admin=port, extra=extra + journal)
+            ).start()
+        )
+    try:
+        a, b = relays
+        await post(a, [marked(n) for n in range(3)])
+        await receiver.wait_for(3)  # by B
+        for url in urls:
+            await wait_for_metric(url, "relay_deliveries_pending", 0, webhook="crm")
+            (crm,) = (await get(url, "/api/status")).json()["webhooks"]
+            assert crm["pending"] == 0
+        receiver.hang = 30  # the next one stays pending, in B's memory
+        await post(a, marked(9))
+        for url in urls:
+            await wait_for_metric(url, "relay_deliveries_pending", 1, webhook="crm")
+    finally:
+        for daemon in relays:
+            daemon.process.kill()
+            await daemon.wait()

@@ -1,18 +1,24 @@
 """What the admin listener says about each webhook, for /api/status and /metrics alike.
 
-Pending counts are kept, not counted: the journal's count at start (a walk of its pending index,
-0.2 s a million pending, over a second from a cold disk: read beside the writer while the relay
-starts, relay.journal.count_pending, and an early scrape waits for it), plus what ingest
-journaled since, minus what delivery finished since. Counting at each scrape instead would cost
-that walk every time, and through the journal's one writer it would hold every commit, and so
-every ingest acknowledgement, meanwhile. The
-oldest pending delivery is asked of the journal at each scrape: one indexed MIN per webhook,
-O(log n). Delivery's counts reach the relay with the delivery process's report, every 0.5 s:
-a count may trail what the journal holds by that much.
+On SQLite, pending counts are kept, not counted: the journal's count at start (a walk of its
+pending index, 0.2 s a million pending, over a second from a cold disk: read beside the writer
+while the relay starts, relay.journal.count_pending, and an early scrape waits for it), plus
+what ingest journaled since, minus what delivery finished since. Counting at each scrape
+instead would cost that walk every time, and through the journal's one writer it would hold
+every commit, and so every ingest acknowledgement, meanwhile. The oldest pending delivery is
+asked of the journal at each scrape: one indexed MIN per webhook, O(log n). Delivery's counts
+reach the relay with the delivery process's report, every 0.5 s: a count may trail what the
+journal holds by that much.
+
+On PostgreSQL the journal is shared, and a retry one relay put to sleep may be finished by
+another: counts kept by each relay would drift from the truth. There the database is asked at
+each scrape, on a connection of its own (an index-only count of the pending deliveries, which
+holds no commit of anybody's): every relay on the journal shows the same counts, all of theirs.
 """
 
 from __future__ import annotations
 
+import trio
 from attrs import frozen
 
 from relay.config import Webhook
@@ -68,11 +74,18 @@ async def webhook_states(relay) -> list[WebhookState]:
     runtime = await runtime_states(relay)
     now = relay.clock.now()
     stats = relay.dispatcher.stats
+    if (url := relay.config.journal.url) is not None:
+        from relay.journal import pg_views
+
+        shared = await trio.to_thread.run_sync(pg_views.pending_counts, url)
     at_start, routed = relay.pending_at_start, relay.ingest_stats.routed
     states = []
     for webhook in webhooks:
         wid = webhook.id
-        pending = max(0, at_start.get(wid, 0) + routed.get(wid, 0) - stats.finished(wid))
+        if url is not None:
+            pending = shared.get(wid, 0)
+        else:
+            pending = max(0, at_start.get(wid, 0) + routed.get(wid, 0) - stats.finished(wid))
         since = oldest.get(wid)
         delivered = stats.webhooks.get(wid)
         on, why = enabled(webhook, runtime)

@@ -9,8 +9,6 @@ does with rowids): newest first by ``seq``, ``--since``/``--until`` by a binary 
 
 from __future__ import annotations
 
-import trio
-
 from relay.journal.engines import masked
 from relay.journal.pg_schema import (
     SCHEMA_VERSION,
@@ -165,20 +163,6 @@ def first_seq(conn, at: float, *, after: bool = False) -> int:
     return low
 
 
-async def count_pending(url: str, *, task_status=trio.TASK_STATUS_IGNORED) -> dict[str, int]:
-    """As views.count_pending: a snapshot (REPEATABLE READ) taken before ``started()``, the
-    walk in a thread."""
-    conn = raw_connect(url)
-    try:
-        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        conn.execute("SELECT 1 FROM deliveries LIMIT 1").fetchall()  # the snapshot
-        task_status.started()
-        query = "SELECT webhook_id, COUNT(*) FROM deliveries WHERE state = 'pending' GROUP BY 1"
-        return dict(await trio.to_thread.run_sync(lambda: conn.execute(query).fetchall()))
-    finally:
-        conn.close()
-
-
 def read_states(url: str) -> list[tuple]:
     try:
         conn = reader(url)
@@ -208,6 +192,21 @@ def write_state(url: str, webhook_id, enabled, reason, changed_at) -> None:
         journal.close()
     if not ok:
         raise RuntimeError(error)
+
+
+def pending_counts(url: str) -> dict[str, int]:
+    """Each webhook's pending deliveries, every relay's (the admin listener's, at a scrape):
+    an index-only walk of deliveries_pending_by_webhook."""
+    try:
+        conn = reader(url)
+    except NoJournal:
+        return {}
+    with conn:
+        return dict(
+            conn.execute(
+                "SELECT webhook_id, COUNT(*) FROM deliveries WHERE state = 'pending' GROUP BY 1"
+            ).fetchall()
+        )
 
 
 def pending_count(url: str, webhook_id: str) -> int:

@@ -87,20 +87,15 @@ def rowid_range(state_dir: Path) -> tuple[int, int]:
         conn.close()
 
 
-async def count_pending(
-    state_dir: Path, *, url: str | None = None, task_status=trio.TASK_STATUS_IGNORED
-) -> dict[str, int]:
+async def count_pending(state_dir: Path, *, task_status=trio.TASK_STATUS_IGNORED) -> dict[str, int]:
     """Pending deliveries per webhook id, as the journal holds them when this is called.
 
     On a read-only connection of its own, in a thread: WAL lets it read beside the writer, so
     neither the relay's start nor its commits wait for the walk (over a second for a million
     pending from a cold disk, measured, when the writer took it first). ``task_status.started()``
-    comes once its snapshot is taken: what is written after that is not in the count.
+    comes once its snapshot is taken: what is written after that is not in the count. (A
+    PostgreSQL journal is counted at each scrape instead: relay/admin/status.py.)
     """
-    if url is not None:
-        from relay.journal import pg_views
-
-        return await pg_views.count_pending(url, task_status=task_status)
     conn = sqlite3.connect(
         f"file:{state_dir / FILENAME}?mode=ro",
         uri=True,
