@@ -30,6 +30,7 @@ from relay.journal.health import RETRY_FIRST, Health, Op
 from relay.model import Delivery, Event, Outcome, Request, Response
 from relay.plugins import hookimpl
 from relay.plugins.builtin.backoff import exponential
+from tests.cli import relay_cli
 from tests.conftest import (
     RunningRelay,
     make_config,
@@ -44,7 +45,7 @@ from tests.daemon import Daemon, webhook_toml, write_config
 from tests.test_http_server import Handler, exchange, start_server
 from tests.test_http_server import request as http_request
 from tests.test_policy import Transport as PolicyTransport
-from tests.test_reload import relay_cli, wait_for_log
+from tests.test_reload import wait_for_log
 
 STATUS = seed_events()[0]
 
@@ -342,7 +343,7 @@ async def test_the_daemon_with_inline_delivery_reloads_a_valid_file_and_refuses_
     daemon = await Daemon(config).start()
     try:
         config.write_text(good.replace('id = "crm"', 'id = "crm"\nsecret = 42'))
-        result = relay_cli("reload", "--config", str(config))
+        result = await relay_cli("reload", "--config", str(config))
         assert result.returncode == 1, result.stdout
         assert "relay.toml: webhooks[0].secret: expected a string" in result.stderr
         async with httpx.AsyncClient(base_url=daemon.url, timeout=10) as client:

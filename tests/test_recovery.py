@@ -281,12 +281,12 @@ def small_disk(tmp_path):
 
 
 def fill(filler: Path) -> None:
-    """Write to ``filler`` (made while there was room) until the disk has none left."""
-    with filler.open("ab") as f:
+    """Write to ``filler`` (made while there was room) until the disk has none left. Unbuffered:
+    a buffered file still holding what the full disk refused raised ENOSPC again as it closed."""
+    with filler.open("ab", buffering=0) as f:
         try:
             while True:
                 f.write(b"\0" * 65536)
-                f.flush()
         except OSError:
             pass
 
