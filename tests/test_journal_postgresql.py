@@ -229,6 +229,12 @@ def test_no_message_shows_the_urls_password():
     assert masked(url) == "postgresql://relay:***@db.example.com:5432/relay"
     assert "s3cr" not in scrub(f"could not connect to {url}: password s3cr%40t refused", url)
     assert masked("postgresql://db/relay") == "postgresql://db/relay"
+    # libpq also takes it as a parameter of the query string.
+    url = "postgresql://relay@/relay?host=/run/postgresql&password=s3cr%40t&sslmode=disable"
+    assert (
+        masked(url) == "postgresql://relay@/relay?host=/run/postgresql&password=***&sslmode=disable"
+    )
+    assert "s3cr" not in scrub(f"could not connect to {url}: password s3cr@t refused", url)
 
 
 def test_a_database_that_is_no_journal_is_refused_not_taken(tmp_path, postgresql_server):

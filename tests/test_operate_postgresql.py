@@ -4,6 +4,7 @@ deliveries show` and `relay replay`, each reading (and writing) the database, no
 file in state_dir."""
 
 import json
+from urllib.parse import urlsplit
 
 import httpx
 import psycopg
@@ -180,3 +181,56 @@ async def test_every_relay_on_the_journal_counts_the_pending_deliveries_of_all(
         for daemon in relays:
             daemon.process.kill()
             await daemon.wait()
+
+
+async def test_a_database_that_refuses_new_connections_makes_a_503_and_a_message(
+    tmp_path, nursery, postgresql_server
+):
+    """The relay's own connection stays up, the reads on connections of their own are refused
+    (a full pool, max_connections, pg_hba): the admin listener answers 503 saying why, the
+    commands say it in a line, and neither shows the URL's password."""
+    url = postgresql_server.new_database()
+    name = urlsplit(url).path.lstrip("/")
+    receiver = await start_receiver(nursery)
+    port = free_port()
+    config = on_postgresql(tmp_path, receiver.url, url, admin=port)
+    admin = f"http://127.0.0.1:{port}"
+    daemon = await Daemon(config).start()
+    try:
+        (event_id,) = await post(daemon, marked(1))
+        await receiver.wait_for(1)
+        with postgresql_server.admin() as conn:
+            conn.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
+        try:
+            for path in (
+                "/metrics",
+                "/api/status",
+                "/api/deliveries",
+                f"/api/deliveries/{event_id}",
+            ):
+                refused = await get(admin, path)
+                assert refused.status_code == 503, (path, refused.text)
+                assert "the journal is unavailable" in refused.text
+            for args in (("deliveries", "show", event_id), ("replay", "--webhook", "crm")):
+                command = await relay_cli(*args, "-c", config)
+                assert command.returncode == 1, command.stderr
+                (line,) = command.stderr.splitlines()  # a line, no traceback
+                assert line.startswith(f"relay {args[0]}: cannot read the journal: ")
+        finally:
+            with postgresql_server.admin() as conn:
+                conn.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+        assert (await get(admin, "/api/status")).status_code == 200
+    finally:
+        daemon.process.kill()
+        await daemon.wait()
+
+
+def test_a_time_window_over_a_journal_with_no_deliveries_selects_none(tmp_path, journal_url):
+    """The binary search for a window's first row found no row to look at, and raised."""
+    from relay.journal import history, schema
+
+    if journal_url is None:
+        schema.connect(tmp_path, start_run=False).close()
+    since, until = 1.0, 2e9
+    assert history.select(tmp_path, webhook_id="crm", since=since, url=journal_url) == []
+    assert history.select(tmp_path, webhook_id="crm", until=until, url=journal_url) == []

@@ -12,8 +12,9 @@ journal holds by that much.
 
 On PostgreSQL the journal is shared, and a retry one relay put to sleep may be finished by
 another: counts kept by each relay would drift from the truth. There the database is asked at
-each scrape, on a connection of its own (an index-only count of the pending deliveries, which
-holds no commit of anybody's): every relay on the journal shows the same counts, all of theirs.
+each scrape, on a connection of its own (a count of the pending deliveries, ~0.16 s at a
+million, which holds no commit of anybody's): every relay on the journal shows the same
+counts, all of theirs. A database that refuses the connection makes the scrape a 503.
 """
 
 from __future__ import annotations

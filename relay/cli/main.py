@@ -25,6 +25,7 @@ from relay.cli import (
     webhooks,
 )
 from relay.cli.common import CommandError, add_config_option
+from relay.journal import JournalError
 
 COMMANDS = {
     "run": (running.cmd_run, running.add_run_arguments),
@@ -60,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         for line in e.errors:
             print(line, file=sys.stderr)
         return 2
+    except JournalError as e:  # it names the journal (a database's URL, its password masked)
+        print(f"relay {args.command}: cannot read the journal: {e}", file=sys.stderr)
+        return 1
 
 
 class _Version(argparse.Action):

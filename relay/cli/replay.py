@@ -198,7 +198,7 @@ def _in_the_database(config, ids, by, dry_run, advance) -> tuple[tuple[list, lis
     try:
         with state_lock.hold(config.relay.state_dir):
             done, left = write(held_ok=True)
-    except state_lock.StateDirLocked:
+    except (state_lock.StateDirLocked, OSError):  # a relay runs there, or it is not ours to lock
         done, left = write(held_ok=False)
     replayed = [{"id": i, "webhook_id": w, "state": s, "attempts": a} for i, w, s, a in done]
     skipped = [{"id": i, "reason": reason} for i, reason in left]

@@ -23,7 +23,7 @@ The URL reaches the journal as a plain string; ``masked`` is how any message sho
 from __future__ import annotations
 
 from types import ModuleType
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 SCHEMES = ("postgresql", "postgres")
 
@@ -41,16 +41,26 @@ def engine(url: str | None) -> ModuleType:
 
 
 def masked(url: str) -> str:
-    """``url`` with its password as ``***``: the only form in which any message shows it."""
+    """``url`` with its password as ``***``: the only form in which any message shows it. libpq
+    takes one after the ``user:`` and as a ``password`` parameter of the query string."""
     try:
         parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        host = parts.netloc.rpartition("@")[2]
-        user = parts.username or ""
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+        if parts.password is not None:
+            host = parts.netloc.rpartition("@")[2]
+            parts = parts._replace(netloc=f"{parts.username or ''}:***@{host}")
+        if _passwords(parts.query):
+            query = [
+                (name, "***" if name == "password" else value)
+                for name, value in parse_qsl(parts.query, keep_blank_values=True)
+            ]
+            parts = parts._replace(query=urlencode(query, safe="*/:@"))
+        return urlunsplit(parts)
     except ValueError:
         return "(an unreadable URL)"
+
+
+def _passwords(query: str) -> list[str]:
+    return [v for n, v in parse_qsl(query, keep_blank_values=True) if n == "password" and v]
 
 
 def scrub(text: str, url: str | None) -> str:
@@ -58,8 +68,12 @@ def scrub(text: str, url: str | None) -> str:
     if not url:
         return text
     try:
-        password = urlsplit(url).password
+        parts = urlsplit(url)
+        passwords = [parts.password] if parts.password else []
+        passwords += _passwords(parts.query)
     except ValueError:
         return text
     text = text.replace(url, masked(url))
-    return text.replace(password, "***") if password else text
+    for password in passwords:
+        text = text.replace(password, "***")
+    return text

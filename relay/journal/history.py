@@ -114,17 +114,30 @@ def _on_postgresql(sql: str) -> str:
 @contextmanager
 def snapshot(state_dir: Path, url: str | None = None) -> Iterator[Read]:
     """``read(sql, params)`` for the statements above, all in one snapshot of the journal in
-    ``state_dir`` (or at ``url``). FileNotFoundError when there is no journal there yet."""
+    ``state_dir`` (or at ``url``). FileNotFoundError when there is no journal there yet;
+    JournalError when the database cannot be read."""
     if url is not None:
-        from relay.journal.pg_views import reader
+        import psycopg
 
-        conn = reader(url)
+        from relay.journal.pg_views import reader, unreachable
+
+        def read(sql: str, params: tuple) -> list[tuple]:
+            try:
+                rows = conn.execute(_on_postgresql(sql), params).fetchall()
+            except psycopg.Error as e:
+                raise unreachable(url, e) from None
+            return [tuple(bytes(v) if isinstance(v, memoryview) else v for v in r) for r in rows]
+
         try:
-            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            yield lambda sql, params: [
-                tuple(bytes(v) if isinstance(v, memoryview) else v for v in row)
-                for row in conn.execute(_on_postgresql(sql), params).fetchall()
-            ]
+            conn = reader(url)
+        except psycopg.Error as e:
+            raise unreachable(url, e) from None
+        try:
+            try:
+                conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            except psycopg.Error as e:
+                raise unreachable(url, e) from None
+            yield read
         finally:
             conn.close()
         return

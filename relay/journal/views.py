@@ -202,10 +202,13 @@ def first_rowid(conn, at: float, *, after: bool = False) -> int:
     ).fetchone()
     while low < high:  # the bound is in [low, high]
         middle = (low + high) // 2
-        rowid, created_at = conn.execute(
+        found = conn.execute(
             "SELECT rowid, created_at FROM deliveries WHERE rowid >= ? ORDER BY rowid LIMIT 1",
             (middle,),
         ).fetchone()
+        if found is None:  # no deliveries at all
+            return low
+        rowid, created_at = found
         if created_at > at or (created_at == at and not after):
             high = middle
         else:
