@@ -211,6 +211,8 @@ async def test_a_database_that_refuses_new_connections_makes_a_503_and_a_message
                 refused = await get(admin, path)
                 assert refused.status_code == 503, (path, refused.text)
                 assert "the journal is unavailable" in refused.text
+            page = await get(admin, "/console/deliveries")
+            assert page.status_code == 503 and "The journal is unavailable" in page.text
             for args in (("deliveries", "show", event_id), ("replay", "--webhook", "crm")):
                 command = await relay_cli(*args, "-c", config)
                 assert command.returncode == 1, command.stderr

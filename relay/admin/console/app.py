@@ -20,6 +20,7 @@ from relay.admin.console.format import FILTERS
 from relay.admin.console.results import Redirect
 from relay.admin.routes import Route, Router
 from relay.http.server import HTTPRequest, Reply
+from relay.journal import JournalError
 
 HERE = Path(__file__).resolve().parent
 STATIC_TYPES = {
@@ -150,7 +151,11 @@ class Console:
                 return self.error(
                     403, "Refused", "The form's token is not this session's: load the page again."
                 )
-        status, reply = self.answer(view, await route.endpoint(view, params))
+        try:
+            result = await route.endpoint(view, params)
+        except JournalError as e:  # a full disk, a database that refuses the read
+            return self.error(503, "The journal is unavailable", str(e))
+        status, reply = self.answer(view, result)
         return status, reply._replace(headers=reply.headers + cookie)
 
     def answer(self, view: View, result) -> tuple[int, Reply]:
