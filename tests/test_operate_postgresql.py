@@ -3,6 +3,7 @@ listing, history and replay by webhook, the console's pages, `relay_journal_byte
 deliveries show` and `relay replay`, each reading (and writing) the database, not a SQLite
 file in state_dir."""
 
+import getpass
 import json
 from urllib.parse import urlsplit
 
@@ -13,7 +14,7 @@ import trio
 from tests.admin import get, scrape, value, wait_for_metric
 from tests.cli import relay_cli
 from tests.conftest import seed_events, start_receiver
-from tests.daemon import Daemon
+from tests.daemon import Daemon, alive
 from tests.test_admin import free_port
 from tests.test_operate import post, until_listed, write_relay
 
@@ -236,3 +237,28 @@ def test_a_time_window_over_a_journal_with_no_deliveries_selects_none(tmp_path, 
     since, until = 1.0, 2e9
     assert history.select(tmp_path, webhook_id="crm", since=since, url=journal_url) == []
     assert history.select(tmp_path, webhook_id="crm", until=until, url=journal_url) == []
+
+
+async def test_relay_replay_after_a_kill_9_takes_what_this_state_dirs_relay_held(
+    tmp_path, nursery, postgresql_url
+):
+    """The relay held a delivery in memory (its attempt hangs) when it was killed: `relay
+    replay` holds the state_dir's lock, so it knows that relay's runs are dead, and replays the
+    delivery at once, not once its lease expires (30 s by default)."""
+    receiver = await start_receiver(nursery)
+    receiver.hang = 60
+    config = on_postgresql(tmp_path, receiver.url, postgresql_url)
+    daemon = await Daemon(config).start()
+    await post(daemon, marked(1))
+    (request,) = await receiver.wait_for(1)
+    pids = daemon.kill_9("relay")
+    await daemon.wait()
+    with trio.fail_after(20):
+        while alive(pids["writer"]) or alive(pids["delivery"]):
+            await trio.sleep(0.05)
+    delivery_id = request.header("relay-delivery-id")
+    replay = await relay_cli("replay", delivery_id, "-c", config)
+    assert replay.returncode == 0, replay.stderr
+    assert "replayed 1 delivery" in replay.stdout
+    with psycopg.connect(postgresql_url) as conn:
+        assert conn.execute("SELECT by FROM replays").fetchall() == [(getpass.getuser(),)]

@@ -177,8 +177,8 @@ def _in_the_file(config, ids, by, dry_run, advance) -> tuple[tuple[list, list], 
 def _in_the_database(config, ids, by, dry_run, advance) -> tuple[tuple[list, list], str]:
     """Replayed straight into the shared PostgreSQL journal: its notification has every relay
     on it look for replays, so none is asked to reload. What a relay holds in memory is
-    skipped; with this state directory's relay stopped, what it held is replayed once its
-    lease has expired (other relays' stays theirs)."""
+    skipped; with this state directory's relay stopped (its lock taken here), what its runs
+    held is replayed too (other relays' stays theirs until their leases expire)."""
     from relay.journal import pg_replays
 
     def write(held_ok: bool):
@@ -191,6 +191,7 @@ def _in_the_database(config, ids, by, dry_run, advance) -> tuple[tuple[list, lis
                 held_ok=held_ok,
                 dry_run=dry_run,
                 progress=advance,
+                state_dir=config.relay.state_dir,
             )
         except Exception as e:  # noqa: BLE001 - psycopg's, its text scrubbed of the password
             raise CommandError(f"{journal_name(config)}: cannot write the journal: {e}") from None

@@ -22,17 +22,20 @@ and skips. What sharing adds:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from relay.journal.pg_batch import PgJournal, lock_keys, run_batch
-from relay.journal.pg_schema import raw_connect
+from relay.journal.pg_schema import noted_runs, raw_connect, version
 from relay.journal.replays import BAND, IN_FLIGHT, UNKNOWN, WAITING, in_batches, is_waiting
 
 NOW = "extract(epoch from now())"
 INFINITY = float("inf")  # as postgresql.WAITING: waits for an earlier delivery of its key
 
 
-def replay(conn, ids, now, by, held_ok=False, dry_run=False):
-    """As replays.replay; ``(replayed, skipped)``."""
+def replay(conn, ids, now, by, held_ok=False, dry_run=False, ours=(None, None)):
+    """As replays.replay; ``(replayed, skipped)``. ``ours``, with ``held_ok``: the state_dir's
+    owner and last run (pg_schema.noted_runs), whose runs are dead (the caller holds its
+    lock): what they held is replayed at once, not when its lease expires."""
     ids = list(dict.fromkeys(ids))
     cur = conn.cursor()
     keys = cur.execute(
@@ -46,9 +49,10 @@ def replay(conn, ids, now, by, held_ok=False, dry_run=False):
         row[0]: row
         for row in cur.execute(
             "SELECT id, webhook_id, state, attempts, next_at, order_key,"
-            f" lease_until IS NOT NULL AND lease_until < {NOW} FROM deliveries"
+            f" (lease_until IS NOT NULL AND lease_until < {NOW})"
+            " OR held_by IN (SELECT id FROM runs WHERE owner = %s OR id = %s) FROM deliveries"
             " WHERE id = ANY(%b::text[])" + ("" if dry_run else " ORDER BY id FOR UPDATE"),
-            (ids,),
+            (*ours, ids),
         ).fetchall()
     }
     replayed, skipped = [], []
@@ -133,14 +137,19 @@ def write_replays(
     held_ok: bool,
     dry_run: bool = False,
     progress: Callable[[int], None] | None = None,
+    state_dir: Path | None = None,
 ) -> tuple[list[tuple], list[tuple]]:
     """As replays.write_replays, in the shared database (``relay replay`` when no relay's admin
     listener answers): ``BATCH`` a transaction, on a connection of its own. Each transaction's
-    NOTIFY has every running relay look for replays in its lanes: none needs a reload."""
-    journal = PgJournal(url, 0.0, None, raw_connect(url, autocommit=True))
+    NOTIFY has every running relay look for replays in its lanes: none needs a reload. With
+    ``held_ok``, what the runs of ``state_dir`` (locked by the caller) held goes too."""
+    raw = raw_connect(url, autocommit=True)
+    ours = noted_runs(state_dir, version(raw)[1]) if held_ok and state_dir else (None, None)
+    journal = PgJournal(url, 0.0, None, raw)
 
     def one(batch: list[str]) -> tuple[list[tuple], list[tuple]]:
-        [(ok, result)] = run_batch(journal, [("replay", (batch, now, by, held_ok, dry_run))])
+        args = (batch, now, by, held_ok, dry_run, ours)
+        [(ok, result)] = run_batch(journal, [("replay", args)])
         if not ok:
             raise RuntimeError(result)  # its text is scrubbed of the URL's password
         return result

@@ -233,19 +233,24 @@ class Run(NamedTuple):
     previous: int | None  # the last run the state_dir's note names (of schema 1, maybe no owner)
 
 
+def noted_runs(state_dir: Path, journal_id: str | None) -> tuple[str | None, int | None]:
+    """``(owner, last run)`` as the state_dir's note has them for the journal ``journal_id``
+    (None each: no note, or one for another journal)."""
+    try:
+        noted = (state_dir / RUN_FILE).read_text().split()
+        if len(noted) in (2, 3) and noted[0] == journal_id:
+            return (noted[2] if len(noted) == 3 else None), int(noted[1])
+    except (OSError, ValueError):
+        pass
+    return None, None
+
+
 def start_run(conn: psycopg.Connection, state_dir: Path) -> Run:
     """Start a run of ``state_dir``: a row in ``runs`` with the state_dir's owner id, and the
     note that keeps that id (made on the first start, or for another journal)."""
     _, journal_id = version(conn)
-    previous, owner = None, None
+    owner, previous = noted_runs(state_dir, journal_id)
     path = state_dir / RUN_FILE
-    try:
-        noted = path.read_text().split()
-        if len(noted) in (2, 3) and noted[0] == journal_id:
-            previous = int(noted[1])
-            owner = noted[2] if len(noted) == 3 else None
-    except (OSError, ValueError):
-        pass
     owner = owner or uuid.uuid4().hex
     with conn.transaction():
         now = "extract(epoch from now())"
