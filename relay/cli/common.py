@@ -40,7 +40,7 @@ def no_journal(config, error: FileNotFoundError) -> CommandError:
     if config.journal.url is not None:
         return CommandError(str(error))
     return CommandError(
-        f"{config.relay.state_dir / FILENAME}: no journal there "
+        f"{journal_name(config)}: no journal there "
         f"([relay] state_dir of {config.path.name}; it appears when the relay first runs)"
     )
 

@@ -122,24 +122,18 @@ def snapshot(state_dir: Path, url: str | None = None) -> Iterator[Read]:
         from relay.journal.pg_views import reader, unreachable
 
         def read(sql: str, params: tuple) -> list[tuple]:
-            try:
-                rows = conn.execute(_on_postgresql(sql), params).fetchall()
-            except psycopg.Error as e:
-                raise unreachable(url, e) from None
+            rows = conn.execute(_on_postgresql(sql), params).fetchall()
             return [tuple(bytes(v) if isinstance(v, memoryview) else v for v in r) for r in rows]
 
-        try:
+        try:  # the connection, and the reads at the yield
             conn = reader(url)
-        except psycopg.Error as e:
-            raise unreachable(url, e) from None
-        try:
             try:
                 conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            except psycopg.Error as e:
-                raise unreachable(url, e) from None
-            yield read
-        finally:
-            conn.close()
+                yield read
+            finally:
+                conn.close()
+        except psycopg.Error as e:
+            raise unreachable(url, e) from None
         return
     conn = connect(state_dir)
     try:
